@@ -1,0 +1,127 @@
+"""Running statistics of the updates: moving averages, bias correction, momentum traces.
+
+State fields carry optax's names for the same quantity (``mu``, ``nu``, ``trace``,
+``count``) so that ``optax.tree.get`` and friends find them in gradtx states.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from gradtx import _checks, _tree
+from gradtx.base import GradientTransformation, Updates
+from gradtx.numerics import abs_sq, bias_correction, ema, heavy_ball, real_dtype, safe_increment, zero_count
+
+
+class EmaState(NamedTuple):
+    mu: Updates  # the moving average of the incoming updates (first moment)
+
+
+def scale_by_ema(decay: float, accumulator_dtype: Optional[jnp.dtype] = None) -> GradientTransformation:
+    """``mu = decay * mu + (1 - decay) * u ; u -> mu`` (no debiasing).
+
+    Args:
+      decay: the averaging factor, in [0, 1].
+      accumulator_dtype: dtype of ``mu`` in the state (the output keeps the input's dtype).
+    """
+    _checks.in_interval("scale_by_ema", "decay", decay)
+    _checks.is_float_dtype("scale_by_ema", "accumulator_dtype", accumulator_dtype)
+
+    def init_fn(params):
+        return EmaState(mu=_tree.zeros_like(params, dtype=accumulator_dtype))
+
+    def update_fn(updates, state, params=None, **extra):
+        del params, extra
+        _tree.check_match(updates, state.mu, where="scale_by_ema", what="state field `mu`")
+        mu = jax.tree.map(lambda g, m: ema(g, m, decay), updates, state.mu)
+        return mu, EmaState(mu=_tree.cast(mu, accumulator_dtype))
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+class SecondMomentState(NamedTuple):
+    nu: Updates  # the moving average of |u|^2 (real even for complex updates)
+
+
+def second_moment(decay: float, initial_scale: float = 0.0) -> GradientTransformation:
+    """``nu = decay * nu + (1 - decay) * |u|^2 ; u -> nu`` (no debiasing).
+
+    ``nu`` starts at ``initial_scale``; it is real-valued for complex updates.
+    """
+    _checks.in_interval("second_moment", "decay", decay)
+    _checks.non_negative("second_moment", "initial_scale", initial_scale)
+
+    def init_fn(params):
+        return SecondMomentState(nu=jax.tree.map(
+            lambda p: jnp.full(jnp.shape(p), initial_scale, real_dtype(jnp.asarray(p).dtype)), params))
+
+    def update_fn(updates, state, params=None, **extra):
+        del params, extra
+        _tree.check_match(updates, state.nu, where="second_moment", what="state field `nu`")
+        nu = jax.tree.map(lambda g, n: ema(abs_sq(g), n, decay).astype(n.dtype), updates, state.nu)
+        return nu, SecondMomentState(nu=nu)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+class BiasCorrectState(NamedTuple):
+    count: jax.Array  # int32 step count, saturating
+
+
+def bias_correct(decay: float, *, step_offset: int = 0) -> GradientTransformation:
+    """``u -> u / (1 - decay^(t + step_offset))``, with its own step count ``t`` (from 1).
+
+    Undoes the pull towards zero of a moving average started at zero. ``step_offset=1``
+    corrects for the next step's average (NAdam's look-ahead).
+    """
+    _checks.in_interval("bias_correct", "decay", decay, high_open=True)
+    if step_offset not in (0, 1):
+        raise ValueError(f"gradtx.bias_correct(step_offset={step_offset!r}): step_offset must be 0 or 1")
+
+    def init_fn(params):
+        del params
+        return BiasCorrectState(count=zero_count())
+
+    def update_fn(updates, state, params=None, **extra):
+        del params, extra
+        count = safe_increment(state.count)
+        t = count if step_offset == 0 else safe_increment(count)
+        updates = jax.tree.map(lambda u: u / bias_correction(decay, t, u.dtype), updates)
+        return updates, BiasCorrectState(count=count)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+class TraceState(NamedTuple):
+    trace: Updates  # the momentum buffer v
+
+
+def _trace(name: str, decay: float, accumulator_dtype, nesterov: bool) -> GradientTransformation:
+    _checks.in_interval(name, "decay", decay)
+    _checks.is_float_dtype(name, "accumulator_dtype", accumulator_dtype)
+
+    def init_fn(params):
+        return TraceState(trace=_tree.zeros_like(params, dtype=accumulator_dtype))
+
+    def update_fn(updates, state, params=None, **extra):
+        del params, extra
+        _tree.check_match(updates, state.trace, where=name, what="state field `trace`")
+        trace = jax.tree.map(lambda g, v: heavy_ball(g, v, decay), updates, state.trace)
+        out = jax.tree.map(lambda g, v: heavy_ball(g, v, decay), updates, trace) if nesterov else trace
+        return out, TraceState(trace=_tree.cast(trace, accumulator_dtype))
+
+    update_fn.__qualname__ = f"{name}.<locals>.update_fn"  # names the stage in errors
+    return GradientTransformation(init_fn, update_fn)
+
+
+def trace(decay: float, accumulator_dtype: Optional[jnp.dtype] = None) -> GradientTransformation:
+    """``v = decay * v + u ; u -> v`` (heavy-ball momentum, PyTorch's and optax's form)."""
+    return _trace("trace", decay, accumulator_dtype, nesterov=False)
+
+
+def nesterov_trace(decay: float, accumulator_dtype: Optional[jnp.dtype] = None) -> GradientTransformation:
+    """``v = decay * v + u ; u -> u + decay * v`` (Nesterov's look-ahead momentum)."""
+    return _trace("nesterov_trace", decay, accumulator_dtype, nesterov=True)

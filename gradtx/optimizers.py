@@ -1,0 +1,198 @@
+"""The named optimizers. Each is only a chain of primitives: no new math lives here.
+
+Argument names, order and defaults follow optax wherever optax has the same optimizer,
+so ``gradtx.X(**kw)`` and ``optax.X(**kw)`` are interchangeable and give the same numbers.
+In the formulas ``g`` is the gradient, ``t`` the step (from 1) and ``lr`` the learning rate.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax.numpy as jnp
+
+from gradtx import _checks
+from gradtx.base import GradientTransformation, ScalarOrSchedule, identity
+from gradtx.combine import chain, fork
+from gradtx.moments import bias_correct, nesterov_trace, scale_by_ema, second_moment, trace
+from gradtx.numerics import ema
+from gradtx.scaling import (MaskOrFn, add_decayed_weights, scale_by_adadelta, scale_by_learning_rate,
+                            scale_by_rms, scale_by_stddev, scale_by_sum_of_squares, sqrt_eps)
+
+
+def _momentum(where: str, momentum: Optional[float], nesterov: bool, accumulator_dtype=None):
+    """The optional momentum stage: none, heavy-ball ``trace`` or ``nesterov_trace``."""
+    if momentum is None:
+        return identity()
+    _checks.in_interval(where, "momentum", momentum)
+    return (nesterov_trace if nesterov else trace)(momentum, accumulator_dtype=accumulator_dtype)
+
+
+def sgd(learning_rate: ScalarOrSchedule, momentum: Optional[float] = None, nesterov: bool = False,
+        accumulator_dtype: Optional[Any] = None) -> GradientTransformation:
+    """Stochastic gradient descent, with optional heavy-ball or Nesterov momentum.
+
+    Without momentum: ``p = p - lr * g``.
+    Heavy-ball (PyTorch's and optax's form): ``v = momentum * v + g ; p = p - lr * v``.
+    Nesterov (Sutskever et al. 2013, after the change of variables):
+    ``v = momentum * v + g ; p = p - lr * (g + momentum * v)``.
+
+    Chain: ``[trace | nesterov_trace] -> scale_by_learning_rate``.
+
+    >>> import jax.numpy as jnp, gradtx
+    >>> opt = gradtx.sgd(0.1, momentum=0.9)
+    >>> params = {"w": jnp.ones(2)}
+    >>> updates, state = opt.update({"w": jnp.ones(2)}, opt.init(params))
+    >>> gradtx.apply_updates(params, updates)["w"]
+    Array([0.9, 0.9], dtype=float32)
+    """
+    _checks.non_negative("sgd", "learning_rate", learning_rate)
+    return chain(_momentum("sgd", momentum, nesterov, accumulator_dtype),
+                 scale_by_learning_rate(learning_rate))
+
+
+def averaged_momentum(learning_rate: ScalarOrSchedule, beta: float = 0.9,
+                      accumulator_dtype: Optional[Any] = None) -> GradientTransformation:
+    """Momentum in its averaged form (Ng's course): ``v = beta * v + (1 - beta) * g ;
+    p = p - lr * v``.
+
+    The same path as heavy-ball ``sgd(lr * (1 - beta), momentum=beta)``; no bias correction.
+    Chain: ``scale_by_ema(beta) -> scale_by_learning_rate``.
+
+    >>> import jax.numpy as jnp, gradtx
+    >>> opt = gradtx.averaged_momentum(1.0, beta=0.9)
+    >>> updates, _ = opt.update(jnp.ones(2), opt.init(jnp.zeros(2)))
+    >>> updates
+    Array([-0.1, -0.1], dtype=float32)
+    """
+    _checks.non_negative("averaged_momentum", "learning_rate", learning_rate)
+    _checks.in_interval("averaged_momentum", "beta", beta)
+    return chain(scale_by_ema(beta, accumulator_dtype=accumulator_dtype), scale_by_learning_rate(learning_rate))
+
+
+def rmsprop(learning_rate: ScalarOrSchedule, decay: float = 0.9, eps: float = 1e-8,
+            initial_scale: float = 0.0, eps_in_sqrt: bool = True, centered: bool = False,
+            momentum: Optional[float] = None, nesterov: bool = False,
+            bias_correction: bool = False) -> GradientTransformation:
+    """RMSprop (Hinton's lecture 6e): ``s = decay * s + (1 - decay) * g^2 ;
+    p = p - lr * g / sqrt(s + eps)``.
+
+    ``eps_in_sqrt=False`` gives PyTorch's ``g / (sqrt(s) + eps)``; ``centered`` divides by
+    the standard deviation ``sqrt(s - m^2 + eps)`` with ``m = ema(g)`` (Graves 2013);
+    ``momentum`` adds a trace *after* the learning rate, as optax does; ``initial_scale``
+    is the value ``s`` starts from (TensorFlow uses 1).
+
+    Chain: ``[scale_by_rms | scale_by_stddev] -> scale_by_learning_rate -> [trace]``.
+
+    >>> import jax.numpy as jnp, gradtx
+    >>> opt = gradtx.rmsprop(0.01, decay=0.9)
+    >>> updates, _ = opt.update(jnp.array([2.0]), opt.init(jnp.zeros(1)))
+    >>> updates  # -lr * g / sqrt(0.1 * g^2) = -lr * sqrt(10)
+    Array([-0.03162278], dtype=float32)
+    """
+    _checks.non_negative("rmsprop", "learning_rate", learning_rate)
+    _checks.in_interval("rmsprop", "decay", decay)
+    _checks.non_negative("rmsprop", "eps", eps)
+    precondition = scale_by_stddev if centered else scale_by_rms
+    return chain(
+        precondition(decay=decay, eps=eps, initial_scale=initial_scale, eps_in_sqrt=eps_in_sqrt,
+                     bias_correction=bias_correction),
+        scale_by_learning_rate(learning_rate),
+        _momentum("rmsprop", momentum, nesterov))
+
+
+def adagrad(learning_rate: ScalarOrSchedule, initial_accumulator_value: float = 0.1,
+            eps: float = 1e-7) -> GradientTransformation:
+    """Adagrad (Duchi et al. 2011): ``s = s + g^2 ; p = p - lr * g / sqrt(s + eps)``,
+    with ``s`` starting at ``initial_accumulator_value`` (optax and TensorFlow: 0.1;
+    PyTorch: 0).
+
+    Chain: ``scale_by_sum_of_squares -> scale_by_learning_rate``.
+
+    >>> import jax.numpy as jnp, gradtx
+    >>> opt = gradtx.adagrad(1.0, initial_accumulator_value=0.0, eps=0.0)
+    >>> updates, _ = opt.update(jnp.array([3.0]), opt.init(jnp.zeros(1)))
+    >>> updates  # the first step is -lr * sign(g)
+    Array([-1.], dtype=float32)
+    """
+    _checks.non_negative("adagrad", "learning_rate", learning_rate)
+    return chain(scale_by_sum_of_squares(initial_accumulator_value, eps),
+                 scale_by_learning_rate(learning_rate))
+
+
+def adadelta(learning_rate: Optional[ScalarOrSchedule] = 1.0, rho: float = 0.9, eps: float = 1e-6,
+             weight_decay: ScalarOrSchedule = 0.0, weight_decay_mask: MaskOrFn = None) -> GradientTransformation:
+    """Adadelta (Zeiler 2012)::
+
+        e_g = rho * e_g + (1 - rho) * g^2
+        d   = sqrt(e_x + eps) / sqrt(e_g + eps) * g
+        e_x = rho * e_x + (1 - rho) * d^2
+        p   = p - lr * d
+
+    Differs from optax on purpose: optax's default ``learning_rate=None`` skips the
+    learning-rate stage, so its update is ``+d`` and climbs the loss. gradtx defaults to
+    ``learning_rate=1.0`` (the paper's and PyTorch's), which descends. ``None`` still
+    means "no learning-rate stage" for code that relies on optax's behaviour.
+
+    Chain: ``add_decayed_weights -> scale_by_rms(rho, eps) -> scale_by_update_rms(rho, eps)
+    -> scale_by_learning_rate``.
+
+    >>> import jax.numpy as jnp, gradtx
+    >>> opt = gradtx.adadelta()
+    >>> updates, _ = opt.update(jnp.array([1.0]), opt.init(jnp.zeros(1)))
+    >>> bool(updates[0] < 0)
+    True
+    """
+    _checks.non_negative("adadelta", "learning_rate", learning_rate)
+    _checks.in_interval("adadelta", "rho", rho)
+    _checks.non_negative("adadelta", "eps", eps)
+    return chain(
+        add_decayed_weights(weight_decay, mask=weight_decay_mask),
+        scale_by_adadelta(rho=rho, eps=eps),
+        identity() if learning_rate is None else scale_by_learning_rate(learning_rate))
+
+
+def adam_direction(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_root: float = 0.0,
+                   mu_dtype: Optional[Any] = None, *, nesterov: bool = False) -> GradientTransformation:
+    """``u -> m_hat / (sqrt(v_hat + eps_root) + eps)``, Adam's preconditioned direction::
+
+        m_hat = ema(g, b1) / (1 - b1^t)          (NAdam: b1 * m_hat_next + (1 - b1) * g / (1 - b1^t))
+        v_hat = ema(|g|^2, b2) / (1 - b2^t)
+
+    Built with ``fork``: the first moment over the root of the second.
+    """
+    _checks.in_interval("adam", "b1", b1, high_open=True)
+    _checks.in_interval("adam", "b2", b2, high_open=True)
+    _checks.non_negative("adam", "eps", eps)
+    _checks.non_negative("adam", "eps_root", eps_root)
+    first = chain(scale_by_ema(b1, accumulator_dtype=mu_dtype), bias_correct(b1))
+    if nesterov:
+        first = fork(chain(scale_by_ema(b1, accumulator_dtype=mu_dtype), bias_correct(b1, step_offset=1)),
+                     bias_correct(b1),
+                     join=lambda m_next, g: ema(g, m_next, b1))
+    second = chain(second_moment(b2), bias_correct(b2), sqrt_eps(eps=eps, eps_root=eps_root))
+    return fork(first, second, join=jnp.divide)
+
+
+def adam(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+         eps_root: float = 0.0, mu_dtype: Optional[Any] = None, *, nesterov: bool = False) -> GradientTransformation:
+    """Adam (Kingma & Ba 2014)::
+
+        m = b1 * m + (1 - b1) * g          m_hat = m / (1 - b1^t)
+        v = b2 * v + (1 - b2) * |g|^2      v_hat = v / (1 - b2^t)
+        p = p - lr * m_hat / (sqrt(v_hat + eps_root) + eps)
+
+    ``nesterov=True`` is NAdam (Dozat 2016), as in optax.
+
+    Chain: ``fork(scale_by_ema(b1) -> bias_correct(b1),
+    second_moment(b2) -> bias_correct(b2) -> sqrt_eps, join=divide) -> scale_by_learning_rate``.
+
+    >>> import jax.numpy as jnp, gradtx
+    >>> opt = gradtx.adam(1e-3)
+    >>> updates, _ = opt.update(jnp.array([5.0, -0.1]), opt.init(jnp.zeros(2)))
+    >>> updates  # the first Adam step is -lr * sign(g), up to eps
+    Array([-0.001,  0.001], dtype=float32)
+    """
+    _checks.non_negative("adam", "learning_rate", learning_rate)
+    return chain(adam_direction(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov),
+                 scale_by_learning_rate(learning_rate))
