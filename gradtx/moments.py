@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from gradtx import _checks, _tree
 from gradtx.base import GradientTransformation, Updates
-from gradtx.numerics import abs_sq, bias_correction, ema, heavy_ball, real_dtype, safe_increment, zero_count
+from gradtx.numerics import abs_sq, debias, ema, heavy_ball, real_dtype, safe_increment, zero_count
 
 
 class EmaState(NamedTuple):
@@ -89,8 +89,7 @@ def bias_correct(decay: float, *, step_offset: int = 0) -> GradientTransformatio
         del params, extra
         count = safe_increment(state.count)
         t = count if step_offset == 0 else safe_increment(count)
-        updates = jax.tree.map(lambda u: u / bias_correction(decay, t, u.dtype), updates)
-        return updates, BiasCorrectState(count=count)
+        return debias(updates, decay, t), BiasCorrectState(count=count)
 
     return GradientTransformation(init_fn, update_fn)
 

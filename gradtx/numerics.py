@@ -6,6 +6,8 @@ squared magnitude or a saturating step count calls these; none writes them inlin
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -29,11 +31,16 @@ def heavy_ball(g: jax.Array, v: jax.Array, decay) -> jax.Array:
     return g + decay * v
 
 
-def bias_correction(decay, count: jax.Array, dtype) -> jax.Array:
-    """``1 - decay^count``, computed in (at least) float32 and then cast to ``dtype``.
+@functools.partial(jax.jit, inline=True)
+def debias(moments, decay, count: jax.Array):
+    """``m -> m / (1 - decay^count)`` on every leaf of ``moments``.
 
-    Computing the power in bfloat16 would round it to 1 and divide by zero."""
-    return (1 - decay**count).astype(dtype)
+    ``1 - decay^count`` is computed in (at least) float32, then cast to each leaf's dtype:
+    computing the power in bfloat16 would round it to 1 and divide by zero. Compiled
+    (inlined) like optax's ``tree_bias_correction``, because XLA rounds ``decay**count``
+    differently in eager and compiled code and gradtx must match optax in both."""
+    correction = 1 - decay**count
+    return jax.tree.map(lambda m: m / correction.astype(m.dtype), moments)
 
 
 def safe_increment(count: jax.Array) -> jax.Array:

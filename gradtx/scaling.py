@@ -112,11 +112,11 @@ def scale_by_stddev(decay: float = 0.9, eps: float = 1e-8, initial_scale: float 
     """``mu = ema(u), nu = ema(|u|^2) ; u -> u / sqrt(nu - |mu|^2 + eps)`` (centered RMSprop)."""
     _checks.in_interval("scale_by_stddev", "decay", decay)
     _checks.non_negative("scale_by_stddev", "eps", eps)
-    debias = bias_correct(decay) if bias_correction else identity()
+    unbias = bias_correct(decay) if bias_correction else identity()
     return fork(
         identity(),
-        chain(fork(chain(scale_by_ema(decay), debias),
-                   chain(second_moment(decay, initial_scale), debias),
+        chain(fork(chain(scale_by_ema(decay), unbias),
+                   chain(second_moment(decay, initial_scale), unbias),
                    join=_variance),
               sqrt_eps(**_rms_eps(eps, eps_in_sqrt))),
         join=jnp.divide)
