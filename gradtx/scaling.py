@@ -203,12 +203,12 @@ def add_decayed_weights(weight_decay: ScalarOrSchedule = 0.0, mask: MaskOrFn = N
 
     def update_fn(updates, state, params=None, **extra):
         del extra
+        new_state = WeightDecayScheduleState(safe_increment(state.count)) if scheduled else state
+        if isinstance(weight_decay, (int, float)) and weight_decay == 0.0:
+            return updates, new_state  # nothing to add: params are not needed
         if params is None:
             raise ValueError("gradtx.add_decayed_weights: update() needs params "
                              "(call update(updates, state, params)).")
-        new_state = WeightDecayScheduleState(safe_increment(state.count)) if scheduled else state
-        if isinstance(weight_decay, (int, float)) and weight_decay == 0.0:
-            return updates, new_state
         wd = weight_decay(state.count) if scheduled else weight_decay
         _tree.check_match(updates, params, where="add_decayed_weights", what="params")
         decay = lambda g, p: g + _times(wd, p).astype(g.dtype)  # noqa: E731

@@ -112,3 +112,26 @@ def test_step_counts_saturate_instead_of_wrapping():
     tx = gradtx.bias_correct(0.9)
     _, state = tx.update(GRADS, gradtx.BiasCorrectState(count=jnp.asarray(top, jnp.int32)))
     assert int(state.count) == top
+
+
+PRIMITIVES = [
+    gradtx.scale, gradtx.scale_by_learning_rate, gradtx.scale_by_schedule, gradtx.trace,
+    gradtx.nesterov_trace, gradtx.scale_by_ema, gradtx.second_moment, gradtx.bias_correct,
+    gradtx.sqrt_eps, gradtx.scale_by_rms, gradtx.scale_by_stddev, gradtx.scale_by_sum_of_squares,
+    gradtx.scale_by_update_rms, gradtx.scale_by_adadelta, gradtx.add_decayed_weights, gradtx.clip,
+    gradtx.clip_by_global_norm, gradtx.adam_direction, gradtx.identity, gradtx.chain, gradtx.fork,
+]
+OPTIMIZERS = [gradtx.sgd, gradtx.averaged_momentum, gradtx.rmsprop, gradtx.adagrad, gradtx.adadelta, gradtx.adam]
+
+
+@pytest.mark.parametrize("fn", PRIMITIVES, ids=lambda f: f.__name__)
+def test_each_primitive_docstring_opens_with_its_formula(fn):
+    first_line = fn.__doc__.strip().splitlines()[0]
+    assert first_line.startswith("``") and ("->" in first_line or "=" in first_line), first_line
+
+
+@pytest.mark.parametrize("fn", OPTIMIZERS, ids=lambda f: f.__name__)
+def test_each_optimizer_docstring_has_rule_chain_and_example(fn):
+    doc = fn.__doc__
+    assert "p = p - lr" in doc or "p   = p - lr" in doc, "the update rule"
+    assert "Chain:" in doc and ">>> " in doc, "the chain it is built from and a runnable example"
