@@ -135,3 +135,13 @@ def test_each_optimizer_docstring_has_rule_chain_and_example(fn):
     doc = fn.__doc__
     assert "p = p - lr" in doc or "p   = p - lr" in doc, "the update rule"
     assert "Chain:" in doc and ">>> " in doc, "the chain it is built from and a runnable example"
+
+
+def test_docs_reference_is_generated_from_current_docstrings():
+    import pathlib
+    import subprocess
+    import sys
+
+    script = pathlib.Path(__file__).parents[1] / "docs" / "gen_reference.py"
+    result = subprocess.run([sys.executable, str(script), "--check"], capture_output=True)
+    assert result.returncode == 0, "docs/reference.md is stale: run python docs/gen_reference.py"
