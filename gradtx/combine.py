@@ -8,9 +8,9 @@
 outputs leaf by leaf. Adam divides the first moment by the root of the second, both
 taken from the same gradient, and that is not a sequence of stages::
 
-            ┌──► a (e.g. ema(b1) -> bias_correct(b1)) ──────────────┐
-    u ──────┤                                                       ├──► f(a_out, b_out)
-            └──► b (e.g. second_moment(b2) -> bias_correct(b2) -> sqrt_eps) ──┘
+            ┌─► a: scale_by_ema(b1) -> bias_correct(b1) ────────────────────┐
+    u ──────┤                                                               ├─► join(a_out, b_out)   (Adam: a_out / b_out)
+            └─► b: second_moment(b2) -> bias_correct(b2) -> sqrt_eps(eps) ──┘
 """
 
 from __future__ import annotations
