@@ -16,12 +16,14 @@ from gradtx import combine, moments, optimizers, scaling
 OUT = pathlib.Path(__file__).with_name("reference.md")
 SECTIONS = [
     ("Combinators", combine, ["chain", "named_chain", "fork"]),
-    ("Running statistics", moments, ["scale_by_ema", "second_moment", "bias_correct", "trace", "nesterov_trace"]),
+    ("Running statistics", moments, ["scale_by_ema", "second_moment", "bias_correct", "trace", "nesterov_trace",
+                                      "running_max", "infinity_norm", "interpolated_ema"]),
     ("Rescalers and preconditioners", scaling, [
         "scale", "scale_by_learning_rate", "scale_by_schedule", "sqrt_eps", "scale_by_rms",
         "scale_by_stddev", "scale_by_sum_of_squares", "scale_by_update_rms", "scale_by_adadelta",
-        "add_decayed_weights", "clip", "clip_by_global_norm"]),
-    ("Optimizers", optimizers, ["sgd", "averaged_momentum", "rmsprop", "adagrad", "adadelta", "adam_direction", "adam"]),
+        "scale_by_sign", "add_decayed_weights", "clip", "clip_by_global_norm"]),
+    ("Optimizers", optimizers, ["sgd", "averaged_momentum", "rmsprop", "adagrad", "adadelta", "adam_direction", "adam",
+                                "adamw", "nadam", "amsgrad", "adamax", "lion"]),
 ]
 
 

@@ -124,3 +124,67 @@ def trace(decay: float, accumulator_dtype: Optional[jnp.dtype] = None) -> Gradie
 def nesterov_trace(decay: float, accumulator_dtype: Optional[jnp.dtype] = None) -> GradientTransformation:
     """``v = decay * v + u ; u -> u + decay * v`` (Nesterov's look-ahead momentum)."""
     return _trace("nesterov_trace", decay, accumulator_dtype, nesterov=True)
+
+
+class MaxState(NamedTuple):
+    nu_max: Updates  # the running maximum of the incoming updates
+
+
+def running_max() -> GradientTransformation:
+    """``nu_max = max(nu_max, u) ; u -> nu_max`` (AMSGrad's non-increasing denominator)."""
+
+    def init_fn(params):
+        return MaxState(nu_max=jax.tree.map(
+            lambda p: jnp.zeros(jnp.shape(p), real_dtype(jnp.asarray(p).dtype)), params))
+
+    def update_fn(updates, state, params=None, **extra):
+        del params, extra
+        _tree.check_match(updates, state.nu_max, where="running_max", what="state field `nu_max`")
+        nu_max = jax.tree.map(jnp.maximum, state.nu_max, updates)
+        return nu_max, MaxState(nu_max=nu_max)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+class InfinityNormState(NamedTuple):
+    nu: Updates  # the exponentially weighted infinity norm of the updates
+
+
+def infinity_norm(decay: float = 0.999, eps: float = 1e-8) -> GradientTransformation:
+    """``nu = max(decay * nu, |u| + eps) ; u -> nu`` (Adamax's denominator)."""
+    _checks.in_interval("infinity_norm", "decay", decay)
+    _checks.non_negative("infinity_norm", "eps", eps)
+
+    def init_fn(params):
+        return InfinityNormState(nu=jax.tree.map(
+            lambda p: jnp.zeros(jnp.shape(p), real_dtype(jnp.asarray(p).dtype)), params))
+
+    def update_fn(updates, state, params=None, **extra):
+        del params, extra
+        _tree.check_match(updates, state.nu, where="infinity_norm", what="state field `nu`")
+        nu = jax.tree.map(lambda g, n: jnp.maximum(jnp.abs(g) + eps, decay * n).astype(n.dtype),
+                          updates, state.nu)
+        return nu, InfinityNormState(nu=nu)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+def interpolated_ema(b1: float = 0.9, b2: float = 0.99, accumulator_dtype: Optional[jnp.dtype] = None
+                     ) -> GradientTransformation:
+    """``u -> (1 - b1) * u + b1 * mu ; mu = (1 - b2) * u + b2 * mu`` (Lion's momentum:
+    the output blends the *previous* average with ``b1``, the average moves with ``b2``)."""
+    _checks.in_interval("interpolated_ema", "b1", b1)
+    _checks.in_interval("interpolated_ema", "b2", b2)
+    _checks.is_float_dtype("interpolated_ema", "accumulator_dtype", accumulator_dtype)
+
+    def init_fn(params):
+        return EmaState(mu=_tree.zeros_like(params, dtype=accumulator_dtype))
+
+    def update_fn(updates, state, params=None, **extra):
+        del params, extra
+        _tree.check_match(updates, state.mu, where="interpolated_ema", what="state field `mu`")
+        out = jax.tree.map(lambda g, m: ema(g, m, b1), updates, state.mu)
+        mu = jax.tree.map(lambda g, m: ema(g, m, b2), updates, state.mu)
+        return out, EmaState(mu=_tree.cast(mu, accumulator_dtype))
+
+    return GradientTransformation(init_fn, update_fn)

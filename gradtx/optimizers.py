@@ -14,10 +14,11 @@ import jax.numpy as jnp
 from gradtx import _checks
 from gradtx.base import GradientTransformation, ScalarOrSchedule, identity
 from gradtx.combine import chain, fork
-from gradtx.moments import bias_correct, nesterov_trace, scale_by_ema, second_moment, trace
+from gradtx.moments import (bias_correct, infinity_norm, interpolated_ema, nesterov_trace, running_max,
+                            scale_by_ema, second_moment, trace)
 from gradtx.numerics import ema
 from gradtx.scaling import (MaskOrFn, add_decayed_weights, scale_by_adadelta, scale_by_learning_rate,
-                            scale_by_rms, scale_by_stddev, scale_by_sum_of_squares, sqrt_eps)
+                            scale_by_rms, scale_by_sign, scale_by_stddev, scale_by_sum_of_squares, sqrt_eps)
 
 
 def _momentum(where: str, momentum: Optional[float], nesterov: bool, accumulator_dtype=None):
@@ -200,3 +201,121 @@ def adam(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999, ep
     _checks.non_negative("adam", "learning_rate", learning_rate)
     return chain(_adam_direction("adam", b1, b2, eps, eps_root, mu_dtype, nesterov),
                  scale_by_learning_rate(learning_rate))
+
+
+def adamw(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+          eps_root: float = 0.0, mu_dtype: Optional[Any] = None, weight_decay: ScalarOrSchedule = 1e-4,
+          mask: MaskOrFn = None, *, nesterov: bool = False) -> GradientTransformation:
+    """AdamW (Loshchilov & Hutter 2019), Adam with decoupled weight decay::
+
+        p = p - lr * (m_hat / (sqrt(v_hat + eps_root) + eps) + weight_decay * p)
+
+    The decay is applied where ``mask`` is True (all leaves by default) and is scaled by
+    the learning rate, as in optax (PyTorch's AdamW does the same).
+
+    Chain: ``adam_direction -> add_decayed_weights(weight_decay, mask) -> scale_by_learning_rate``.
+
+    >>> import jax.numpy as jnp, gradtx
+    >>> opt = gradtx.adamw(0.1, weight_decay=0.5)
+    >>> params = jnp.array([2.0])
+    >>> updates, _ = opt.update(jnp.array([0.0]), opt.init(params), params)
+    >>> updates  # zero gradient: only the decay, -lr * wd * p
+    Array([-0.1], dtype=float32)
+    """
+    _checks.non_negative("adamw", "learning_rate", learning_rate)
+    return chain(_adam_direction("adamw", b1, b2, eps, eps_root, mu_dtype, nesterov),
+                 add_decayed_weights(weight_decay, mask),
+                 scale_by_learning_rate(learning_rate))
+
+
+def nadam(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+          eps_root: float = 0.0, mu_dtype: Optional[Any] = None) -> GradientTransformation:
+    """NAdam (Dozat 2016): Adam with a Nesterov look-ahead on the first moment::
+
+        m_hat = b1 * m / (1 - b1^(t+1)) + (1 - b1) * g / (1 - b1^t)
+        p = p - lr * m_hat / (sqrt(v_hat + eps_root) + eps)
+
+    Chain: ``adam_direction(nesterov=True) -> scale_by_learning_rate`` (optax's ``nadam``).
+
+    >>> import jax.numpy as jnp, gradtx
+    >>> opt = gradtx.nadam(1e-2)
+    >>> updates, _ = opt.update(jnp.array([1.0]), opt.init(jnp.zeros(1)))
+    >>> bool(updates[0] < 0)
+    True
+    """
+    _checks.non_negative("nadam", "learning_rate", learning_rate)
+    return chain(_adam_direction("nadam", b1, b2, eps, eps_root, mu_dtype, True),
+                 scale_by_learning_rate(learning_rate))
+
+
+def amsgrad(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+            eps_root: float = 0.0, mu_dtype: Optional[Any] = None, bias_correction_mu: bool = True,
+            bias_correction_nu: bool = True) -> GradientTransformation:
+    """AMSGrad (Reddi et al. 2018): Adam whose denominator never shrinks::
+
+        v_max = max(v_max, v_hat)
+        p = p - lr * m_hat / (sqrt(v_max + eps_root) + eps)
+
+    Chain: ``fork(scale_by_ema(b1) -> bias_correct(b1), second_moment(b2) -> bias_correct(b2)
+    -> running_max -> sqrt_eps, join=divide) -> scale_by_learning_rate``.
+
+    >>> import jax.numpy as jnp, gradtx
+    >>> opt = gradtx.amsgrad(1e-2)
+    >>> updates, _ = opt.update(jnp.array([3.0]), opt.init(jnp.zeros(1)))
+    >>> updates.round(6)
+    Array([-0.01], dtype=float32)
+    """
+    _checks.non_negative("amsgrad", "learning_rate", learning_rate)
+    _checks.in_interval("amsgrad", "b1", b1, high_open=True)
+    _checks.in_interval("amsgrad", "b2", b2, high_open=True)
+    first = chain(scale_by_ema(b1, accumulator_dtype=mu_dtype),
+                  bias_correct(b1) if bias_correction_mu else identity())
+    second = chain(second_moment(b2), bias_correct(b2) if bias_correction_nu else identity(),
+                   running_max(), sqrt_eps(eps=eps, eps_root=eps_root))
+    return chain(fork(first, second, join=jnp.divide), scale_by_learning_rate(learning_rate))
+
+
+def adamax(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
+           eps: float = 1e-8) -> GradientTransformation:
+    """Adamax (Kingma & Ba 2014, section 7), Adam with the infinity norm::
+
+        m = b1 * m + (1 - b1) * g          m_hat = m / (1 - b1^t)
+        u = max(b2 * u, |g| + eps)
+        p = p - lr * m_hat / u
+
+    Chain: ``fork(scale_by_ema(b1) -> bias_correct(b1), infinity_norm(b2, eps), join=divide)
+    -> scale_by_learning_rate``.
+
+    >>> import jax.numpy as jnp, gradtx
+    >>> opt = gradtx.adamax(1e-2)
+    >>> updates, _ = opt.update(jnp.array([-2.0]), opt.init(jnp.zeros(1)))
+    >>> updates.round(6)
+    Array([0.01], dtype=float32)
+    """
+    _checks.non_negative("adamax", "learning_rate", learning_rate)
+    _checks.in_interval("adamax", "b1", b1, high_open=True)
+    _checks.in_interval("adamax", "b2", b2)
+    first = chain(scale_by_ema(b1), bias_correct(b1))
+    return chain(fork(first, infinity_norm(b2, eps), join=jnp.divide), scale_by_learning_rate(learning_rate))
+
+
+def lion(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.99, mu_dtype: Optional[Any] = None,
+         weight_decay: ScalarOrSchedule = 1e-3, mask: MaskOrFn = None) -> GradientTransformation:
+    """Lion (Chen et al. 2023)::
+
+        c = sign((1 - b1) * g + b1 * m)
+        m = (1 - b2) * g + b2 * m
+        p = p - lr * (c + weight_decay * p)
+
+    Chain: ``interpolated_ema(b1, b2) -> scale_by_sign -> add_decayed_weights
+    -> scale_by_learning_rate``.
+
+    >>> import jax.numpy as jnp, gradtx
+    >>> opt = gradtx.lion(1e-3, weight_decay=0.0)
+    >>> updates, _ = opt.update(jnp.array([5.0, -0.2]), opt.init(jnp.zeros(2)))
+    >>> updates
+    Array([-0.001,  0.001], dtype=float32)
+    """
+    _checks.non_negative("lion", "learning_rate", learning_rate)
+    return chain(interpolated_ema(b1, b2, accumulator_dtype=mu_dtype), scale_by_sign(),
+                 add_decayed_weights(weight_decay, mask), scale_by_learning_rate(learning_rate))

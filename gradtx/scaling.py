@@ -221,6 +221,16 @@ def add_decayed_weights(weight_decay: ScalarOrSchedule = 0.0, mask: MaskOrFn = N
     return GradientTransformation(init_fn, update_fn)
 
 
+def scale_by_sign() -> GradientTransformation:
+    """``u -> sign(u)`` element-wise (Lion, signSGD)."""
+
+    def update_fn(updates, state, params=None, **extra):
+        del params, extra
+        return jax.tree.map(jnp.sign, updates), state
+
+    return GradientTransformation(init_empty_state, update_fn)
+
+
 def clip(max_delta: float) -> GradientTransformation:
     """``u -> clip(u, -max_delta, max_delta)`` element-wise."""
     _checks.non_negative("clip", "max_delta", max_delta)
