@@ -37,7 +37,7 @@ def scale_by_ema(decay: float, accumulator_dtype: Optional[jnp.dtype] = None) ->
         del params, extra
         _tree.check_match(updates, state.mu, where="scale_by_ema", what="state field `mu`")
         mu = jax.tree.map(lambda g, m: ema(g, m, decay), updates, state.mu)
-        return mu, EmaState(mu=_tree.cast(mu, accumulator_dtype))
+        return _tree.cast_like(mu, updates), EmaState(mu=_tree.cast(mu, accumulator_dtype))
 
     return GradientTransformation(init_fn, update_fn)
 
@@ -110,7 +110,7 @@ def _trace(name: str, decay: float, accumulator_dtype, nesterov: bool) -> Gradie
         _tree.check_match(updates, state.trace, where=name, what="state field `trace`")
         trace = jax.tree.map(lambda g, v: heavy_ball(g, v, decay), updates, state.trace)
         out = jax.tree.map(lambda g, v: heavy_ball(g, v, decay), updates, trace) if nesterov else trace
-        return out, TraceState(trace=_tree.cast(trace, accumulator_dtype))
+        return _tree.cast_like(out, updates), TraceState(trace=_tree.cast(trace, accumulator_dtype))
 
     update_fn.__qualname__ = f"{name}.<locals>.update_fn"  # names the stage in errors
     return GradientTransformation(init_fn, update_fn)
@@ -185,6 +185,6 @@ def interpolated_ema(b1: float = 0.9, b2: float = 0.99, accumulator_dtype: Optio
         _tree.check_match(updates, state.mu, where="interpolated_ema", what="state field `mu`")
         out = jax.tree.map(lambda g, m: ema(g, m, b1), updates, state.mu)
         mu = jax.tree.map(lambda g, m: ema(g, m, b2), updates, state.mu)
-        return out, EmaState(mu=_tree.cast(mu, accumulator_dtype))
+        return _tree.cast_like(out, updates), EmaState(mu=_tree.cast(mu, accumulator_dtype))
 
     return GradientTransformation(init_fn, update_fn)

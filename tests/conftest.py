@@ -1,0 +1,238 @@
+"""Shared fixtures and helpers for the cross-library suites (test_parity, test_structure,
+test_dtypes): seeded random trees and gradient sequences, a step runner that works with
+and without ``jax.jit``, float64 for one test at a time, and state comparison by field name.
+
+Nothing here is autouse and nothing flips a global switch: float64 is enabled inside a
+``jax.enable_x64(True)`` context that the ``precision`` fixture holds only for the test.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import gradtx
+
+# Leaf shapes of the random trees: a nested dict / list / tuple with a scalar leaf.
+# Each leaf also has its own gradient scale, so that one run covers gradients much
+# smaller and much larger than eps.
+FULL_TREE = {
+    "dense": {"w": ((5, 4), 1.0), "b": ((4,), 0.1)},
+    "blocks": [{"conv": ((3, 3, 2), 3.0)}, (((2,), 0.02), ((), 1.0))],
+    "scale": ((), 0.5),
+}
+# Fewer leaves (still nested dict / list / tuple with a scalar) for the 200-step parity
+# runs: eagerly every leaf costs a dispatch per operation per step, and under jit the
+# compile time grows with the leaves.
+SMALL_TREE = {"w": ((3, 2), 1.0), "seq": [(((4,), 0.05),), ((), 2.0)]}
+
+N_STEPS = 200
+
+
+def _is_spec(x) -> bool:
+    return isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], tuple) and isinstance(x[1], float)
+
+
+def _spec(small: bool) -> Any:
+    return SMALL_TREE if small else FULL_TREE
+
+
+def _draw(rng: np.random.Generator, shape: tuple, dtype) -> np.ndarray:
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        return rng.normal(size=shape) + 1j * rng.normal(size=shape)
+    return rng.normal(size=shape)
+
+
+def random_tree(seed: int, dtype=jnp.float32, *, small: bool = False) -> Any:
+    """A seeded random params tree (values ~ N(0, 1)) of ``dtype``."""
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda s: jnp.asarray(_draw(rng, s[0], dtype), dtype),
+                        _spec(small), is_leaf=_is_spec)
+
+
+def random_grads(seed: int, n_steps: int = N_STEPS, dtype=jnp.float32, *, small: bool = False,
+                 mean: float = 0.3) -> list[Any]:
+    """A seeded sequence of ``n_steps`` gradient trees, each leaf ``scale * (mean + N(0, 1))``.
+
+    The non-zero mean keeps momentum and centered statistics away from the trivial case."""
+    rng = np.random.default_rng(seed)
+    spec = _spec(small)
+
+    def one_step():
+        return jax.tree.map(lambda s: jnp.asarray(s[1] * (mean + _draw(rng, s[0], dtype)), dtype),
+                            spec, is_leaf=_is_spec)
+
+    return [one_step() for _ in range(n_steps)]
+
+
+class Run(NamedTuple):
+    params: Any  # params after the last step
+    updates: Any  # the last step's updates
+    state: Any  # the state after the last step
+
+
+def make_step(opt, apply_updates: Callable, *, jit: bool) -> Callable:
+    """``(params, state, grads) -> (params, updates, state)``: one optimizer step, jitted or not."""
+
+    def step(params, state, grads):
+        updates, state = opt.update(grads, state, params)
+        return apply_updates(params, updates), updates, state
+
+    return jax.jit(step) if jit else step
+
+
+def run_steps(opt, params, grads_seq, *, jit: bool, apply_updates: Callable = gradtx.apply_updates) -> Run:
+    """Run ``opt`` over ``grads_seq`` from ``params``: the step under ``jax.jit`` with
+    ``jit=True``, op by op otherwise."""
+    step = make_step(opt, apply_updates, jit=jit)
+    state = opt.init(params)
+    updates = None
+    for grads in grads_seq:
+        params, updates, state = step(params, state, grads)
+    return Run(params, updates, state)
+
+
+def run_optax(opt, params, grads_seq, *, jit: bool) -> Run:
+    """The optax reference run, in the same mode as the gradtx run it is compared with
+    (XLA may keep bfloat16 intermediates in float32 under jit, so the modes can differ)."""
+    return run_steps(opt, params, grads_seq, jit=jit, apply_updates=optax.apply_updates)
+
+
+# --- comparing trees and states ------------------------------------------------------
+
+
+def _is_named_tuple(x: Any) -> bool:
+    return isinstance(x, tuple) and hasattr(x, "_fields")
+
+
+def _contains_named_tuple(tree: Any) -> bool:
+    return any(_is_named_tuple(x) for x in jax.tree.leaves(tree, is_leaf=_is_named_tuple))
+
+
+def named_fields(state: Any) -> dict[str, list[Any]]:
+    """Every NamedTuple field in ``state`` by name, in depth-first order.
+
+    A field whose value holds further NamedTuples (a wrapper's ``inner_state``) is walked
+    into; any other field's value (an array, or a params-shaped tree) is collected."""
+    out: dict[str, list[Any]] = collections.defaultdict(list)
+
+    def visit(node):
+        if _is_named_tuple(node):
+            for name, value in zip(node._fields, node):
+                if _contains_named_tuple(value):
+                    visit(value)
+                else:
+                    out[name].append(value)
+        elif isinstance(node, (tuple, list)):
+            for child in node:
+                visit(child)
+        elif isinstance(node, dict):
+            for child in node.values():
+                visit(child)
+
+    visit(state)
+    return dict(out)
+
+
+def replace_fields(state: Any, **values: Any) -> Any:
+    """``state`` with every NamedTuple field called ``name`` set to ``values[name]``."""
+    if _is_named_tuple(state):
+        return type(state)(*(values[name] if name in values else replace_fields(v, **values)
+                             for name, v in zip(state._fields, state)))
+    if isinstance(state, (tuple, list)):
+        return type(state)(replace_fields(v, **values) for v in state)
+    if isinstance(state, dict):
+        return {k: replace_fields(v, **values) for k, v in state.items()}
+    return state
+
+
+def assert_trees_close(actual: Any, desired: Any, rtol: float, what: str = "") -> None:
+    """Leaf by leaf ``|actual - desired| <= rtol * |desired| + atol`` (numpy's allclose),
+    with ``atol = rtol / 10 * max|desired|`` of the leaf: relative to each element, except
+    for elements more than ten times smaller than the leaf's largest (a momentum trace that
+    happens to cross zero, where float32 rounding of the larger terms dominates), which are
+    held to a tenth of the tolerance at the leaf's scale."""
+    assert jax.tree.structure(actual) == jax.tree.structure(desired), (
+        f"{what}: tree structures differ: {jax.tree.structure(actual)} vs {jax.tree.structure(desired)}")
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(desired)[0]]
+    for path, a, d in zip(paths, jax.tree.leaves(actual), jax.tree.leaves(desired)):
+        a, d = np.asarray(a), np.asarray(d)
+        assert a.shape == d.shape, f"{what}{path}: shapes {a.shape} vs {d.shape}"
+        assert np.all(np.isfinite(a)), f"{what}{path}: not finite: {a}"
+        assert_close(a, d, rtol, err_msg=f"{what}{path}")
+
+
+def assert_close(actual, desired, rtol: float, err_msg: str = "") -> None:
+    """numpy's ``assert_allclose`` with ``atol = rtol / 10 * max|desired|`` (see
+    ``assert_trees_close``)."""
+    actual, desired = np.asarray(actual), np.asarray(desired)
+    scale = float(np.max(np.abs(desired))) if desired.size else 0.0
+    np.testing.assert_allclose(actual.astype(np.result_type(actual, np.float64)),
+                               desired.astype(np.result_type(desired, np.float64)),
+                               rtol=rtol, atol=rtol / 10 * scale, err_msg=err_msg)
+
+
+def compare_states(gx_state: Any, ox_state: Any, rtol: float, *, rename: dict[str, str] | None = None,
+                   expected: set[str]) -> None:
+    """Compare a gradtx state with an optax state field by field name.
+
+    ``rename`` maps gradtx field names to optax's (e.g. ``{"nu": "e_g"}``). Every name in
+    ``expected`` must be in both states; every gradtx value under a name must equal every
+    optax value under that name (gradtx's Adam has two ``count``s, each equal to optax's)."""
+    rename = rename or {}
+    gx = collections.defaultdict(list)
+    for name, values in named_fields(gx_state).items():
+        gx[rename.get(name, name)].extend(values)
+    ox = named_fields(ox_state)
+    common = set(gx) & set(ox)
+    assert common == set(expected), (
+        f"fields in both states: {sorted(common)}, expected {sorted(expected)} "
+        f"(gradtx: {sorted(gx)}, optax: {sorted(ox)})")
+    for name in sorted(common):
+        for i, g in enumerate(gx[name]):
+            for j, o in enumerate(ox[name]):
+                if jnp.issubdtype(jnp.asarray(jax.tree.leaves(o)[0]).dtype, jnp.integer):
+                    for x, y in zip(jax.tree.leaves(g), jax.tree.leaves(o)):
+                        assert int(x) == int(y), f"state field {name}: gradtx #{i} {x} != optax #{j} {y}"
+                else:
+                    assert_trees_close(g, o, rtol, what=f"state field {name} (gradtx #{i}, optax #{j})")
+
+
+# --- fixtures -------------------------------------------------------------------------
+
+
+@pytest.fixture(params=[True, False], ids=["jit", "eager"])
+def jit(request) -> bool:
+    """Run the test body's optimizer steps under ``jax.jit`` and op by op."""
+    return request.param
+
+
+class Precision(NamedTuple):
+    dtype: Any
+    rtol: float
+
+
+@pytest.fixture(params=["float32", "float64"])
+def precision(request):
+    """float32 (rtol 1e-5) or float64 (rtol 1e-10, inside ``jax.enable_x64(True)`` for this
+    test only)."""
+    if request.param == "float64":
+        with jax.enable_x64(True):
+            yield Precision(jnp.float64, 1e-10)
+        assert not jax.config.jax_enable_x64, "float64 leaked out of the test"
+    else:
+        yield Precision(jnp.float32, 1e-5)
+
+
+def schedule(count):
+    """A learning-rate schedule used by both libraries in the parity runs.
+
+    (No ``0.99**count``: eagerly, a float to the power of a concrete integer array compiles
+    one kernel per exponent value.)"""
+    return 0.05 * jnp.exp(-0.01 * count) + 0.01 * jnp.cos(0.1 * count)

@@ -1,0 +1,186 @@
+"""dtypes: updates keep each gradient leaf's dtype, states have the dtypes asked for, and
+complex params work.
+
+References: the dtypes themselves (exact); for complex params, optax 0.2.8 (adam, rmsprop,
+sgd, adagrad; rtol 1e-5 over 200 steps) and the closed form of Adadelta with ``|g|^2``
+(optax squares complex gradients there, ``g^2``, which is not a magnitude).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import gradtx
+from conftest import compare_states, assert_trees_close, named_fields, random_grads, random_tree, run_optax, \
+    run_steps, schedule
+
+LR = 0.05
+BF16, F32, F64, C64 = jnp.bfloat16, jnp.float32, jnp.float64, jnp.complex64
+
+# State fields that hold |g|^2 statistics: real even for complex params.
+SECOND_MOMENTS = {"nu", "nu_max", "sum_of_squares", "e_x"}
+
+
+class Case(NamedTuple):
+    id: str
+    make: Callable[[], Any]
+    dtypes: dict  # state field -> the dtype asked for (mu_dtype, accumulator_dtype)
+
+
+CASES = [
+    Case("sgd", lambda: gradtx.sgd(LR), {}),
+    Case("sgd(momentum)", lambda: gradtx.sgd(LR, 0.9), {}),
+    Case("sgd(nesterov,accumulator_dtype=bf16)", lambda: gradtx.sgd(LR, 0.9, nesterov=True, accumulator_dtype=BF16),
+         {"trace": BF16}),
+    Case("sgd(accumulator_dtype=f32,schedule)", lambda: gradtx.sgd(schedule, 0.9, accumulator_dtype=F32),
+         {"trace": F32}),
+    Case("averaged_momentum(accumulator_dtype=f32)", lambda: gradtx.averaged_momentum(LR, accumulator_dtype=F32),
+         {"mu": F32}),
+    Case("rmsprop", lambda: gradtx.rmsprop(LR, eps=1e-3), {}),
+    Case("rmsprop(centered,bias_correction,nesterov)",
+         lambda: gradtx.rmsprop(LR, eps=1e-3, centered=True, bias_correction=True, momentum=0.9, nesterov=True), {}),
+    Case("adagrad", lambda: gradtx.adagrad(LR), {}),
+    Case("adadelta(weight_decay)", lambda: gradtx.adadelta(LR, weight_decay=0.1), {}),
+    Case("adam", lambda: gradtx.adam(LR), {}),
+    Case("adam(mu_dtype=bf16)", lambda: gradtx.adam(LR, mu_dtype=BF16), {"mu": BF16}),
+    Case("adam(nesterov,mu_dtype=f32,schedule)", lambda: gradtx.adam(schedule, nesterov=True, mu_dtype=F32),
+         {"mu": F32}),
+    Case("adamw(mu_dtype=bf16)", lambda: gradtx.adamw(LR, mu_dtype=BF16, weight_decay=0.1), {"mu": BF16}),
+    Case("nadam", lambda: gradtx.nadam(LR), {}),
+    Case("amsgrad", lambda: gradtx.amsgrad(LR), {}),
+    Case("adamax", lambda: gradtx.adamax(LR), {}),
+    Case("lion(mu_dtype=f32)", lambda: gradtx.lion(LR, mu_dtype=F32), {"mu": F32}),
+]
+
+# Leaf dtypes of the mixed trees: float32 and bfloat16 (default config), plus float64
+# (inside jax.enable_x64(True), for that test only).
+MIXED = {
+    "x32": {"a": {"w": ((3, 2), F32)}, "b": [((4,), BF16), ((), BF16)], "c": (((2,), F32),)},
+    "x64": {"a": {"w": ((3, 2), F32)}, "b": [((4,), BF16), ((), F64)], "c": (((2,), F64),)},
+}
+
+
+def _mixed_tree(spec, seed: int) -> Any:
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda s: jnp.asarray(0.3 + rng.normal(size=s[0]), s[1]), spec,
+                        is_leaf=lambda x: isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], tuple))
+
+
+@pytest.fixture(params=sorted(MIXED))
+def mixed(request):
+    """A params tree and three gradient trees with float32 / bfloat16 (/ float64) leaves."""
+    spec = MIXED[request.param]
+    if request.param == "x64":
+        with jax.enable_x64(True):
+            yield _mixed_tree(spec, 0), [_mixed_tree(spec, 1 + i) for i in range(3)]
+    else:
+        yield _mixed_tree(spec, 0), [_mixed_tree(spec, 1 + i) for i in range(3)]
+
+
+def check_state_dtypes(state, params, asked: dict, *, complex_params: bool = False) -> None:
+    """Each params-shaped state field has, leaf by leaf, the dtype asked for, else the
+    param's (its real counterpart for ``|g|^2`` fields); every ``count`` is int32."""
+    fields = named_fields(state)
+    assert fields, "no state fields to check"
+    for name, values in fields.items():
+        for value in values:
+            if name == "count":
+                assert value.dtype == jnp.int32 and value.shape == ()
+                continue
+            assert jax.tree.structure(value) == jax.tree.structure(params), name
+            for leaf, p in zip(jax.tree.leaves(value), jax.tree.leaves(params)):
+                want = asked.get(name, p.dtype)
+                if name in SECOND_MOMENTS and complex_params:
+                    want = jnp.finfo(p.dtype).dtype  # real-valued |g|^2 statistics
+                assert leaf.dtype == want, f"state field {name}: {leaf.dtype}, expected {jnp.dtype(want)}"
+
+
+def stateful(case: Case) -> bool:
+    return bool(named_fields(case.make().init(jnp.zeros(2))))
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_updates_keep_each_leaf_dtype(case, mixed, jit):
+    """Reference: the gradient leaves' dtypes. Over 3 steps every update leaf has its
+    gradient's dtype, params keep theirs, and state fields have the dtypes asked for."""
+    params, grads = mixed
+    got = run_steps(case.make(), params, grads, jit=jit)
+    for u, g in zip(jax.tree.leaves(got.updates), jax.tree.leaves(grads[-1])):
+        assert u.dtype == g.dtype, f"update {u.dtype} for a {g.dtype} gradient"
+        assert np.all(np.isfinite(np.asarray(u, np.float64)))
+    assert [p.dtype for p in jax.tree.leaves(got.params)] == [p.dtype for p in jax.tree.leaves(params)]
+    if stateful(case):
+        check_state_dtypes(got.state, params, case.dtypes)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_complex_params(case, jit):
+    """Reference: the dtypes. complex64 params and gradients: 20 finite complex64 updates;
+    first-moment states complex64 (or the dtype asked for), ``|g|^2`` states float32."""
+    params = random_tree(0, C64, small=True)
+    grads = random_grads(1, 20, C64, small=True)
+    got = run_steps(case.make(), params, grads, jit=jit)
+    for tree in (got.updates, got.params):
+        for leaf in jax.tree.leaves(tree):
+            assert leaf.dtype == C64 and np.all(np.isfinite(np.asarray(leaf)))
+    if stateful(case):
+        check_state_dtypes(got.state, params, case.dtypes, complex_params=True)
+
+
+COMPLEX_VS_OPTAX = [
+    ("sgd", dict(learning_rate=LR, momentum=0.9, nesterov=True), {"trace"}),
+    ("adam", dict(learning_rate=1e-2, eps=1e-3), {"mu", "nu", "count"}),
+    ("adam", dict(learning_rate=1e-2, eps=1e-3, eps_root=1e-4, nesterov=True), {"mu", "nu", "count"}),
+    ("rmsprop", dict(learning_rate=1e-3, eps=1e-3, momentum=0.9), {"nu", "trace"}),
+    ("rmsprop", dict(learning_rate=1e-3, eps=1e-3, eps_in_sqrt=False, bias_correction=True), {"nu", "count"}),
+    ("rmsprop", dict(learning_rate=1e-3, eps=1e-3, centered=True, initial_scale=0.5), {"mu", "nu"}),
+    ("adagrad", dict(learning_rate=0.1), {"sum_of_squares"}),
+]
+
+
+@pytest.mark.parametrize("name,kw,fields", COMPLEX_VS_OPTAX,
+                         ids=[f"{n}({','.join(f'{k}={v}' for k, v in kw.items())})" for n, kw, _ in COMPLEX_VS_OPTAX])
+def test_complex_matches_optax(name, kw, fields, jit):
+    """``gradtx.X(**kw)`` vs ``optax.X(**kw)`` (optax 0.2.8) on complex64 params, 200
+    steps, rtol 1e-5: params, last updates, and states by field name (gradtx keeps ``|g|^2``
+    statistics real, optax as complex numbers with a zero imaginary part: the values agree)."""
+    params = random_tree(0, C64, small=True)
+    grads = random_grads(1, 200, C64, small=True)
+    got = run_steps(getattr(gradtx, name)(**kw), params, grads, jit=jit)
+    want = run_optax(getattr(optax, name)(**kw), params, grads, jit=jit)
+    assert_trees_close(got.params, want.params, 1e-5, what="params")
+    assert_trees_close(got.updates, want.updates, 1e-5, what="last updates")
+    compare_states(got.state, want.state, 1e-5, expected=fields)
+
+
+def test_complex_adadelta_closed_form(jit):
+    """Reference: Zeiler's Adadelta with ``|g|^2``, in numpy complex128, 50 steps, rtol 1e-5::
+
+        e_g = rho e_g + (1 - rho) |g|^2 ; d = sqrt(e_x + eps) / sqrt(e_g + eps) g
+        e_x = rho e_x + (1 - rho) |d|^2 ; p = p - lr d
+    """
+    lr, rho, eps = 0.5, 0.8, 1e-4
+    params = random_tree(0, C64, small=True)
+    grads = random_grads(1, 50, C64, small=True)
+    got = run_steps(gradtx.adadelta(lr, rho, eps), params, grads, jit=jit)
+
+    p = [np.asarray(x, np.complex128) for x in jax.tree.leaves(params)]
+    e_g = [np.zeros(x.shape) for x in p]
+    e_x = [np.zeros(x.shape) for x in p]
+    for step in grads:
+        for i, g in enumerate(jax.tree.leaves(step)):
+            g = np.asarray(g, np.complex128)
+            e_g[i] = rho * e_g[i] + (1 - rho) * np.abs(g) ** 2
+            d = np.sqrt(e_x[i] + eps) / np.sqrt(e_g[i] + eps) * g
+            e_x[i] = rho * e_x[i] + (1 - rho) * np.abs(d) ** 2
+            p[i] = p[i] - lr * d
+    assert_trees_close(got.params, jax.tree.unflatten(jax.tree.structure(params), p), 1e-5, what="params")
+    fields = named_fields(got.state)
+    assert_trees_close(fields["nu"][0], jax.tree.unflatten(jax.tree.structure(params), e_g), 1e-5, what="e_g")
+    assert_trees_close(fields["e_x"][0], jax.tree.unflatten(jax.tree.structure(params), e_x), 1e-5, what="e_x")
