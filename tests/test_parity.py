@@ -61,21 +61,20 @@ def ndim_above_one(params):
 
 
 def _rmsprop_grid() -> list[Case]:
-    """The grid centered x eps_in_sqrt x bias_correction x initial_scale x momentum (none /
-    heavy-ball / Nesterov), less one corner: centered + bias_correction + initial_scale=0,
-    where the variance at t=1 is 0 in exact arithmetic, rounds to +-1 ulp, and gradtx
-    deliberately clamps it at 0 (optax takes the root of the negative ones). That corner
-    is ``test_rmsprop_centered_clamp``."""
+    """The grid centered x eps_in_sqrt x bias_correction x momentum (none / heavy-ball /
+    Nesterov), and initial_scale 0 and 0.5. Centered + bias_correction starts from
+    initial_scale=0.5: from 0 the variance at t=1 is 0 in exact arithmetic, rounds to
+    +-1 ulp, and gradtx deliberately clamps it at 0 (optax takes the root of the negative
+    ones); that corner is ``test_rmsprop_centered_clamp``."""
     cases = []
-    for centered, eps_in_sqrt, bias_correction, initial_scale, (momentum, nesterov) in itertools.product(
-            (False, True), (True, False), (False, True), (0.0, 0.5), ((None, False), (0.9, False), (0.9, True))):
-        if centered and bias_correction and initial_scale == 0.0:
-            continue
-        fields = {"nu"} | ({"mu"} if centered else set()) | ({"count"} if bias_correction else set()) \
-            | ({"trace"} if momentum else set())
-        cases.append(same_call("rmsprop", fields, learning_rate=1e-3, decay=0.75, eps=1e-3,
-                               initial_scale=initial_scale, eps_in_sqrt=eps_in_sqrt, centered=centered,
-                               momentum=momentum, nesterov=nesterov, bias_correction=bias_correction))
+    for centered, eps_in_sqrt, bias_correction, (momentum, nesterov) in itertools.product(
+            (False, True), (True, False), (False, True), ((None, False), (0.9, False), (0.9, True))):
+        for initial_scale in ((0.5,) if centered and bias_correction else (0.0, 0.5) if momentum is None else (0.0,)):
+            fields = {"nu"} | ({"mu"} if centered else set()) | ({"count"} if bias_correction else set()) \
+                | ({"trace"} if momentum else set())
+            cases.append(same_call("rmsprop", fields, learning_rate=1e-3, decay=0.75, eps=1e-3,
+                                   initial_scale=initial_scale, eps_in_sqrt=eps_in_sqrt, centered=centered,
+                                   momentum=momentum, nesterov=nesterov, bias_correction=bias_correction))
     return cases
 
 
@@ -107,6 +106,15 @@ OPTIMIZERS = [
     same_call("adam", **ADAM, learning_rate=1e-2, eps=1e-3, nesterov=True),
     same_call("adam", **ADAM, learning_rate=1e-2, b1=0.8, b2=0.95, eps=1e-3, eps_root=1e-4, nesterov=True),
     same_call("adam", **ADAM, learning_rate=schedule, eps=1e-3),
+    same_call("adamw", **ADAM, learning_rate=1e-2, eps=1e-3, weight_decay=0.1),
+    same_call("adamw", **ADAM, learning_rate=schedule, eps=1e-3, weight_decay=0.1, mask=ndim_above_one),
+    same_call("nadam", **ADAM, learning_rate=1e-2, b1=0.8, eps=1e-3),
+    same_call("amsgrad", fields={"mu", "nu", "nu_max", "count"}, learning_rate=1e-2, eps=1e-3),
+    same_call("amsgrad", fields={"mu", "nu", "nu_max"}, learning_rate=1e-2, eps=1e-3,
+              eps_root=1e-4, bias_correction_mu=False, bias_correction_nu=False),
+    same_call("adamax", **ADAM, learning_rate=1e-2, b2=0.95, eps=1e-3),
+    same_call("lion", {"mu"}, learning_rate=1e-3, b1=0.8, b2=0.95),
+    same_call("lion", {"mu", "count"}, learning_rate=schedule, weight_decay=0.1, mask=ndim_above_one),
 ]
 
 
