@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from gradtx.base import TreeMismatchError
+from gradtx.numerics import real_dtype
 
 _FIX = ("The state was probably built by init() on a different params tree: call "
         "init(params) on the exact tree you pass to update().")
@@ -51,6 +52,12 @@ def zeros_like(tree: Any, dtype=None) -> Any:
 
 def full_like(tree: Any, value, dtype=None) -> Any:
     return jax.tree.map(lambda x: jnp.full_like(x, value, dtype=dtype), tree)
+
+
+def real_full_like(tree: Any, value: float = 0.0) -> Any:
+    """A tree of arrays shaped like ``tree``, filled with ``value``, in each leaf's real dtype
+    (float32 for complex64): the home of every ``|u|^2``-type state."""
+    return jax.tree.map(lambda x: jnp.full(jnp.shape(x), value, real_dtype(jnp.asarray(x).dtype)), tree)
 
 
 def cast(tree: Any, dtype) -> Any:

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from gradtx import _checks, _tree
 from gradtx.base import GradientTransformation, Updates
-from gradtx.numerics import abs_sq, debias, ema, heavy_ball, real_dtype, safe_increment, zero_count
+from gradtx.numerics import abs_sq, debias, ema, heavy_ball, safe_increment, zero_count
 
 
 class EmaState(NamedTuple):
@@ -55,8 +55,7 @@ def second_moment(decay: float, initial_scale: float = 0.0) -> GradientTransform
     _checks.non_negative("second_moment", "initial_scale", initial_scale)
 
     def init_fn(params):
-        return SecondMomentState(nu=jax.tree.map(
-            lambda p: jnp.full(jnp.shape(p), initial_scale, real_dtype(jnp.asarray(p).dtype)), params))
+        return SecondMomentState(nu=_tree.real_full_like(params, initial_scale))
 
     def update_fn(updates, state, params=None, **extra):
         del params, extra
@@ -134,8 +133,7 @@ def running_max() -> GradientTransformation:
     """``nu_max = max(nu_max, u) ; u -> nu_max`` (AMSGrad's non-increasing denominator)."""
 
     def init_fn(params):
-        return MaxState(nu_max=jax.tree.map(
-            lambda p: jnp.zeros(jnp.shape(p), real_dtype(jnp.asarray(p).dtype)), params))
+        return MaxState(nu_max=_tree.real_full_like(params))
 
     def update_fn(updates, state, params=None, **extra):
         del params, extra
@@ -156,8 +154,7 @@ def infinity_norm(decay: float = 0.999, eps: float = 1e-8) -> GradientTransforma
     _checks.non_negative("infinity_norm", "eps", eps)
 
     def init_fn(params):
-        return InfinityNormState(nu=jax.tree.map(
-            lambda p: jnp.zeros(jnp.shape(p), real_dtype(jnp.asarray(p).dtype)), params))
+        return InfinityNormState(nu=_tree.real_full_like(params))
 
     def update_fn(updates, state, params=None, **extra):
         del params, extra

@@ -13,7 +13,7 @@ from gradtx.base import (EmptyState, GradientTransformation, ScalarOrSchedule, U
                          init_empty_state)
 from gradtx.combine import chain, fork
 from gradtx.moments import bias_correct, scale_by_ema, second_moment
-from gradtx.numerics import abs_sq, ema, real_dtype, safe_increment, zero_count
+from gradtx.numerics import abs_sq, ema, safe_increment, zero_count
 
 
 def scale(step_size: float) -> GradientTransformation:
@@ -132,9 +132,7 @@ def scale_by_sum_of_squares(initial_accumulator_value: float = 0.1, eps: float =
     _checks.non_negative("scale_by_sum_of_squares", "eps", eps)
 
     def init_fn(params):
-        return SumOfSquaresState(sum_of_squares=jax.tree.map(
-            lambda p: jnp.full(jnp.shape(p), initial_accumulator_value, real_dtype(jnp.asarray(p).dtype)),
-            params))
+        return SumOfSquaresState(sum_of_squares=_tree.real_full_like(params, initial_accumulator_value))
 
     def update_fn(updates, state, params=None, **extra):
         del params, extra
@@ -162,8 +160,7 @@ def scale_by_update_rms(decay: float = 0.9, eps: float = 1e-6) -> GradientTransf
     _checks.non_negative("scale_by_update_rms", "eps", eps)
 
     def init_fn(params):
-        return UpdateRmsState(e_x=jax.tree.map(
-            lambda p: jnp.zeros(jnp.shape(p), real_dtype(jnp.asarray(p).dtype)), params))
+        return UpdateRmsState(e_x=_tree.real_full_like(params))
 
     def update_fn(updates, state, params=None, **extra):
         del params, extra
