@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: test demo bench bench-quick clean
+.PHONY: test demo mnist-figures bench bench-quick clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -25,7 +25,10 @@ test: $(VENV)/.test-deps
 	$(BIN)/python -m pytest -n 2 -q
 
 demo: $(VENV)/.examples-deps
-	$(BIN)/python examples/rosenbrock.py
+	$(BIN)/python -m examples.mnist --optimizers sgd,momentum,nesterov,rmsprop,adagrad,adadelta,adam --epochs 5 --source idx
+
+mnist-figures: $(VENV)/.examples-deps
+	$(BIN)/python -m examples.mnist --optimizers sgd,momentum,nesterov,rmsprop,adagrad,adadelta,adam --epochs 5 --source idx --out docs/mnist --readme README.md
 
 bench: $(VENV)/.bench-deps
 	$(BIN)/python -m benchmarks

@@ -1,0 +1,1 @@
+"""Runnable examples of gradtx; each subpackage runs on its own (``python -m examples.<name>``)."""

@@ -1,0 +1,136 @@
+"""Training and evaluation: the whole epoch is one jitted ``jax.lax.scan`` over train steps.
+
+The model and its ``nnx.Optimizer`` (holding a gradtx transformation) travel through the
+scan as one ``nnx.State``; each step merges them, takes a gradient and calls
+``optimizer.update(model, grads)``. Batches are drawn by a ``jax.random.permutation`` with
+one key per epoch, so a run is the same on every call on the same machine.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+import gradtx
+from examples.mnist.data import Dataset
+from examples.mnist.models import MODELS
+
+
+class OptimizerSpec(NamedTuple):
+    build: Callable[[], gradtx.GradientTransformation]
+    hyperparameters: str
+
+
+# The tutorials' settings.
+OPTIMIZERS = {
+    "sgd": OptimizerSpec(lambda: gradtx.sgd(1e-2), "lr 1e-2"),
+    "momentum": OptimizerSpec(lambda: gradtx.sgd(1e-2, momentum=0.9), "lr 1e-2, momentum 0.9"),
+    "nesterov": OptimizerSpec(lambda: gradtx.sgd(1e-2, momentum=0.9, nesterov=True),
+                              "lr 1e-2, momentum 0.9, Nesterov"),
+    "rmsprop": OptimizerSpec(lambda: gradtx.rmsprop(1e-3, decay=0.9), "lr 1e-3, decay 0.9"),
+    "adagrad": OptimizerSpec(lambda: gradtx.adagrad(1e-2), "lr 1e-2"),
+    "adadelta": OptimizerSpec(lambda: gradtx.adadelta(1.0), "lr 1.0, rho 0.9"),
+    "adam": OptimizerSpec(lambda: gradtx.adam(1e-3), "lr 1e-3, b1 0.9, b2 0.999"),
+}
+
+
+class RunResult(NamedTuple):
+    model: str
+    optimizer: str
+    hyperparameters: str
+    step_losses: np.ndarray  # (epochs * steps_per_epoch,) training loss of every step
+    epoch_losses: list[float]  # mean training loss of each epoch
+    accuracies: list[float]  # held-out accuracy after each epoch
+    epoch_seconds: list[float]  # wall time of each epoch (training + evaluation)
+    compile_seconds: float
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean of ``-log softmax(logits)[label]``."""
+    log_probs = jax.nn.log_softmax(logits)
+    return -jnp.mean(jnp.take_along_axis(log_probs, labels[:, None], axis=1))
+
+
+def make_functions(graphdef: nnx.GraphDef, batch_size: int, eval_chunk: int = 1000):
+    """``train_epoch(state, images, labels, key) -> (state, step_losses)`` and
+    ``accuracy(state, images, labels) -> fraction correct``, both jitted."""
+
+    def train_step(carry, batch_indices):
+        state, images, labels = carry
+        model, optimizer = nnx.merge(graphdef, state)
+        x, y = images[batch_indices], labels[batch_indices]
+        loss, grads = nnx.value_and_grad(lambda m: cross_entropy(m(x), y))(model)
+        optimizer.update(model, grads)
+        return (nnx.state((model, optimizer)), images, labels), loss
+
+    @jax.jit
+    def train_epoch(state, images, labels, key):
+        steps = images.shape[0] // batch_size  # the last partial batch is dropped
+        order = jax.random.permutation(key, images.shape[0])[: steps * batch_size]
+        (state, _, _), losses = jax.lax.scan(train_step, (state, images, labels),
+                                             order.reshape(steps, batch_size))
+        return state, losses
+
+    @jax.jit
+    def accuracy(state, images, labels):
+        model, _ = nnx.merge(graphdef, state)
+        n = images.shape[0]
+        chunks = -(-n // eval_chunk)
+        pad = chunks * eval_chunk - n
+        x = jnp.pad(images, ((0, pad), (0, 0), (0, 0), (0, 0))).reshape(chunks, eval_chunk, *images.shape[1:])
+        y = jnp.pad(labels, (0, pad), constant_values=-1).reshape(chunks, eval_chunk)
+        correct = jax.lax.map(lambda b: jnp.sum(jnp.argmax(model(b[0]), axis=-1) == b[1]), (x, y))
+        return jnp.sum(correct) / n
+
+    return train_epoch, accuracy
+
+
+def train(model_name: str, optimizer_name: str, data: Dataset, *, epochs: int, batch_size: int = 64,
+          seed: int = 0, progress: bool = True) -> RunResult:
+    """Train ``model_name`` with the named optimizer; every run starts from the same
+    initial parameters and sees the same batches (both from ``seed``)."""
+    spec = OPTIMIZERS[optimizer_name]
+    if len(data.train.labels) < batch_size:
+        raise ValueError(f"train: {len(data.train.labels)} training images, fewer than one batch "
+                         f"of {batch_size}")
+    model = MODELS[model_name](rngs=nnx.Rngs(seed))
+    optimizer = nnx.Optimizer(model, spec.build(), wrt=nnx.Param)
+    graphdef, state = nnx.split((model, optimizer))
+    images, labels = jnp.asarray(data.train.images), jnp.asarray(data.train.labels)
+    held_images, held_labels = jnp.asarray(data.held_out.images), jnp.asarray(data.held_out.labels)
+    key = jax.random.key(seed)
+
+    train_epoch, accuracy = make_functions(graphdef, batch_size)
+    start = time.perf_counter()
+    train_epoch = train_epoch.lower(state, images, labels, key).compile()
+    accuracy = accuracy.lower(state, held_images, held_labels).compile()
+    compile_seconds = time.perf_counter() - start
+
+    name = f"{model_name}/{optimizer_name}"
+    result = RunResult(model_name, optimizer_name, spec.hyperparameters, np.zeros(0, np.float32),
+                       [], [], [], compile_seconds)
+    step_losses = []
+    # disable=None: the bar shows on a terminal and stays silent without one (CI, pipes).
+    bar = tqdm(range(1, epochs + 1), desc=name, unit="epoch", disable=None if progress else True,
+               leave=False)
+    for epoch in bar:
+        start = time.perf_counter()
+        state, losses = train_epoch(state, images, labels, jax.random.fold_in(key, epoch))
+        acc = float(accuracy(state, held_images, held_labels))
+        losses = np.asarray(losses)
+        seconds = time.perf_counter() - start
+        step_losses.append(losses)
+        result.epoch_losses.append(float(losses.mean()))
+        result.accuracies.append(acc)
+        result.epoch_seconds.append(seconds)
+        bar.set_postfix(loss=f"{losses.mean():.4f}", acc=f"{acc:.2%}")
+        tqdm.write(f"{name:<14} epoch {epoch:>2}/{epochs}: train loss {losses.mean():.4f}, "
+                   f"held-out accuracy {acc:.2%}, {seconds:.2f} s")
+    bar.close()
+    return result._replace(step_losses=np.concatenate(step_losses))
