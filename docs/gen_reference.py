@@ -11,7 +11,7 @@ import pathlib
 import sys
 
 import gradtx
-from gradtx import combine, moments, optimizers, scaling
+from gradtx import combine, moments, optimizers, scaling, schedules
 
 OUT = pathlib.Path(__file__).with_name("reference.md")
 SECTIONS = [
@@ -22,6 +22,7 @@ SECTIONS = [
         "scale", "scale_by_learning_rate", "scale_by_schedule", "sqrt_eps", "scale_by_rms",
         "scale_by_stddev", "scale_by_sum_of_squares", "scale_by_update_rms", "scale_by_adadelta",
         "scale_by_sign", "add_decayed_weights", "clip", "clip_by_global_norm"]),
+    ("Schedules", schedules, ["constant_schedule", "cosine_decay_schedule", "triangular_schedule"]),
     ("Optimizers", optimizers, ["sgd", "averaged_momentum", "rmsprop", "adagrad", "adadelta", "adam_direction", "adam",
                                 "adamw", "nadam", "amsgrad", "adamax", "lion"]),
 ]

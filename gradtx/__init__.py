@@ -4,6 +4,7 @@ from gradtx.base import (EmptyState, GradientTransformation, OptState, Params, S
                          ScalarOrSchedule, TreeMismatchError, Updates, apply_updates, identity,
                          stateless)
 from gradtx.combine import chain, fork, named_chain
+from gradtx.schedules import constant_schedule, cosine_decay_schedule, triangular_schedule
 from gradtx.moments import (BiasCorrectState, EmaState, InfinityNormState, MaxState, SecondMomentState,
                             TraceState, bias_correct, infinity_norm, interpolated_ema, nesterov_trace,
                             running_max, scale_by_ema, second_moment, trace)
@@ -21,6 +22,7 @@ __all__ = [
     "BiasCorrectState", "EmaState", "EmptyState", "GradientTransformation", "OptState", "Params",
     "ScaleByScheduleState", "Schedule", "ScalarOrSchedule", "SecondMomentState", "SumOfSquaresState",
     "InfinityNormState", "MaxState", "TraceState", "TreeMismatchError", "UpdateRmsState", "Updates", "WeightDecayScheduleState",
+    "constant_schedule", "cosine_decay_schedule", "triangular_schedule",
     "adadelta", "adagrad", "adam", "adam_direction", "adamax", "adamw", "amsgrad", "infinity_norm",
     "interpolated_ema", "lion", "nadam", "running_max", "scale_by_sign", "add_decayed_weights", "apply_updates",
     "averaged_momentum", "bias_correct", "chain", "clip", "clip_by_global_norm", "fork",

@@ -1,7 +1,7 @@
 """Command line: compare optimizers on MNIST and write the table, CSV and plot.
 
     python -m examples.mnist --optimizers sgd,momentum,nesterov,rmsprop,adagrad,adadelta,adam --epochs 5
-    python -m examples.mnist --model cnn --optimizers adam --epochs 5
+    python -m examples.mnist --model cnn --optimizers adam --epochs 5   # cosine-decayed lr
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from examples.mnist import data as data_lib
 from examples.mnist import report
 from examples.mnist.models import MODELS
-from examples.mnist.train import OPTIMIZERS, train
+from examples.mnist.train import LR_SCHEDULES, OPTIMIZERS, train
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -26,6 +26,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
+                   help="learning rate over the run (default: constant for the MLP, the tutorials' "
+                        "setting; cosine decay to 0 for the CNN)")
     p.add_argument("--source", choices=["auto", "tfds", "idx"], default="auto",
                    help="auto: tensorflow-datasets if it has or can download MNIST, else IDX files")
     p.add_argument("--data-dir", type=Path, default=None,
@@ -39,6 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="also splice the table and plot into this README's mnist-results block")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
+    if args.lr_schedule is None:
+        args.lr_schedule = "cosine" if args.model == "cnn" else "constant"
     args.optimizers = [o.strip() for o in args.optimizers.split(",") if o.strip()]
     unknown = [o for o in args.optimizers if o not in OPTIMIZERS]
     if unknown or not args.optimizers:
@@ -58,10 +63,10 @@ def main(argv=None) -> int:
     n_train, n_held = len(dataset.train.labels), len(dataset.held_out.labels)
     print(f"data: {dataset.source}")
     print(f"model: {args.model}, {n_train} training / {n_held} held-out images, batch {args.batch_size}, "
-          f"{args.epochs} epochs, seed {args.seed}")
+          f"{args.epochs} epochs, seed {args.seed}, {args.lr_schedule} learning rate")
     start = time.perf_counter()
     runs = [train(args.model, name, dataset, epochs=args.epochs, batch_size=args.batch_size,
-                  seed=args.seed, progress=not args.no_progress)
+                  seed=args.seed, progress=not args.no_progress, lr_schedule=args.lr_schedule)
             for name in args.optimizers]
     title = (f"MNIST {args.model.upper()}, {n_train} training / {n_held} held-out images, "
              f"batch {args.batch_size}, {args.epochs} epochs")

@@ -23,21 +23,23 @@ from examples.mnist.models import MODELS
 
 
 class OptimizerSpec(NamedTuple):
-    build: Callable[[], gradtx.GradientTransformation]
+    build: Callable[[gradtx.ScalarOrSchedule], gradtx.GradientTransformation]  # learning rate -> tx
+    learning_rate: float
     hyperparameters: str
 
 
 # The tutorials' settings.
 OPTIMIZERS = {
-    "sgd": OptimizerSpec(lambda: gradtx.sgd(1e-2), "lr 1e-2"),
-    "momentum": OptimizerSpec(lambda: gradtx.sgd(1e-2, momentum=0.9), "lr 1e-2, momentum 0.9"),
-    "nesterov": OptimizerSpec(lambda: gradtx.sgd(1e-2, momentum=0.9, nesterov=True),
+    "sgd": OptimizerSpec(gradtx.sgd, 1e-2, "lr 1e-2"),
+    "momentum": OptimizerSpec(lambda lr: gradtx.sgd(lr, momentum=0.9), 1e-2, "lr 1e-2, momentum 0.9"),
+    "nesterov": OptimizerSpec(lambda lr: gradtx.sgd(lr, momentum=0.9, nesterov=True), 1e-2,
                               "lr 1e-2, momentum 0.9, Nesterov"),
-    "rmsprop": OptimizerSpec(lambda: gradtx.rmsprop(1e-3, decay=0.9), "lr 1e-3, decay 0.9"),
-    "adagrad": OptimizerSpec(lambda: gradtx.adagrad(1e-2), "lr 1e-2"),
-    "adadelta": OptimizerSpec(lambda: gradtx.adadelta(1.0), "lr 1.0, rho 0.9"),
-    "adam": OptimizerSpec(lambda: gradtx.adam(1e-3), "lr 1e-3, b1 0.9, b2 0.999"),
+    "rmsprop": OptimizerSpec(lambda lr: gradtx.rmsprop(lr, decay=0.9), 1e-3, "lr 1e-3, decay 0.9"),
+    "adagrad": OptimizerSpec(gradtx.adagrad, 1e-2, "lr 1e-2"),
+    "adadelta": OptimizerSpec(gradtx.adadelta, 1.0, "lr 1.0, rho 0.9"),
+    "adam": OptimizerSpec(gradtx.adam, 1e-3, "lr 1e-3, b1 0.9, b2 0.999"),
 }
+LR_SCHEDULES = ("constant", "cosine")
 
 
 class RunResult(NamedTuple):
@@ -92,15 +94,24 @@ def make_functions(graphdef: nnx.GraphDef, batch_size: int, eval_chunk: int = 10
 
 
 def train(model_name: str, optimizer_name: str, data: Dataset, *, epochs: int, batch_size: int = 64,
-          seed: int = 0, progress: bool = True) -> RunResult:
+          seed: int = 0, progress: bool = True, lr_schedule: str = "constant") -> RunResult:
     """Train ``model_name`` with the named optimizer; every run starts from the same
-    initial parameters and sees the same batches (both from ``seed``)."""
+    initial parameters and sees the same batches (both from ``seed``).
+
+    ``lr_schedule="cosine"`` decays the optimizer's learning rate to 0 over the run
+    (``gradtx.cosine_decay_schedule``); "constant" keeps the tutorials' fixed rate."""
     spec = OPTIMIZERS[optimizer_name]
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"train(lr_schedule={lr_schedule!r}): choose from {LR_SCHEDULES}")
+    total_steps = epochs * (len(data.train.labels) // batch_size)
+    learning_rate = spec.learning_rate if lr_schedule == "constant" else \
+        gradtx.cosine_decay_schedule(spec.learning_rate, max(total_steps, 1))
+    hyperparameters = spec.hyperparameters + ("" if lr_schedule == "constant" else ", cosine decay")
     if len(data.train.labels) < batch_size:
         raise ValueError(f"train: {len(data.train.labels)} training images, fewer than one batch "
                          f"of {batch_size}")
     model = MODELS[model_name](rngs=nnx.Rngs(seed))
-    optimizer = nnx.Optimizer(model, spec.build(), wrt=nnx.Param)
+    optimizer = nnx.Optimizer(model, spec.build(learning_rate), wrt=nnx.Param)
     graphdef, state = nnx.split((model, optimizer))
     images, labels = jnp.asarray(data.train.images), jnp.asarray(data.train.labels)
     held_images, held_labels = jnp.asarray(data.held_out.images), jnp.asarray(data.held_out.labels)
@@ -113,7 +124,7 @@ def train(model_name: str, optimizer_name: str, data: Dataset, *, epochs: int, b
     compile_seconds = time.perf_counter() - start
 
     name = f"{model_name}/{optimizer_name}"
-    result = RunResult(model_name, optimizer_name, spec.hyperparameters, np.zeros(0, np.float32),
+    result = RunResult(model_name, optimizer_name, hyperparameters, np.zeros(0, np.float32),
                        [], [], [], compile_seconds)
     step_losses = []
     # disable=None: the bar shows on a terminal and stays silent without one (CI, pipes).

@@ -1,0 +1,49 @@
+"""Schedules: functions ``step -> value`` (step counted from 0), for any hyperparameter
+that accepts a schedule (``learning_rate``, ``weight_decay``)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from gradtx import _checks
+from gradtx.base import Schedule
+
+
+def constant_schedule(value: float) -> Schedule:
+    """``t -> value``."""
+    return lambda count: value
+
+
+def cosine_decay_schedule(init_value: float, decay_steps: int, alpha: float = 0.0,
+                          exponent: float = 1.0) -> Schedule:
+    """``t -> init_value * ((1 - alpha) * c^exponent + alpha)``, with
+    ``c = (1 + cos(pi * min(t, decay_steps) / decay_steps)) / 2`` (Loshchilov & Hutter 2017,
+    without restarts); optax's arguments and numbers."""
+    _checks.positive("cosine_decay_schedule", "decay_steps", decay_steps)
+    _checks.in_interval("cosine_decay_schedule", "alpha", alpha)
+    steps = float(decay_steps)
+
+    def schedule(count):
+        count = jnp.minimum(count, steps)
+        cosine = 0.5 * (1 + jnp.cos(jnp.pi * count / steps))
+        return init_value * ((1 - alpha) * cosine**exponent + alpha)
+
+    return schedule
+
+
+def triangular_schedule(base_value: float, max_value: float, step_size: int) -> Schedule:
+    """``t -> base + (max - base) * max(0, 1 - |t / step_size - 2 k + 1|)``, ``k = floor(1 + t /
+    (2 step_size))``: the cyclical learning rate (Smith 2017), a triangle wave from
+    ``base_value`` up to ``max_value`` and back every ``2 * step_size`` steps."""
+    _checks.non_negative("triangular_schedule", "base_value", base_value)
+    _checks.positive("triangular_schedule", "step_size", step_size)
+    if not max_value >= base_value:
+        raise ValueError(f"gradtx.triangular_schedule(max_value={max_value!r}): max_value must be "
+                         f">= base_value ({base_value!r})")
+
+    def schedule(count):
+        t = jnp.asarray(count, jnp.float32) / step_size
+        cycle = jnp.floor(1 + t / 2)
+        return base_value + (max_value - base_value) * jnp.maximum(0.0, 1 - jnp.abs(t - 2 * cycle + 1))
+
+    return schedule
