@@ -7,6 +7,7 @@ from typing import Any, Callable, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gradtx import _checks, _tree
 from gradtx.base import (EmptyState, GradientTransformation, ScalarOrSchedule, Updates, identity,
@@ -189,7 +190,8 @@ MaskOrFn = Optional[Union[Any, Callable[[Any], Any]]]
 def add_decayed_weights(weight_decay: ScalarOrSchedule = 0.0, mask: MaskOrFn = None) -> GradientTransformation:
     """``u -> u + weight_decay * p`` (only where ``mask`` is True, when given).
 
-    ``mask`` is a tree of bools shaped like the params, or a function ``params -> mask``.
+    ``mask`` is a tree shaped like the params whose leaves are bools (or boolean arrays,
+    broadcast against the leaf), or a function ``params -> mask``.
     """
     _checks.non_negative("add_decayed_weights", "weight_decay", weight_decay)
     scheduled = callable(weight_decay)
@@ -212,7 +214,7 @@ def add_decayed_weights(weight_decay: ScalarOrSchedule = 0.0, mask: MaskOrFn = N
         if mask is None:
             return jax.tree.map(decay, updates, params), new_state
         m = mask(params) if callable(mask) else mask
-        updates = jax.tree.map(lambda g, p, keep: decay(g, p) if keep else g, updates, params, m)
+        updates = jax.tree.map(lambda g, p, keep: _where_kept(keep, decay(g, p), g), updates, params, m)
         return updates, new_state
 
     return GradientTransformation(init_fn, update_fn)
@@ -226,6 +228,14 @@ def scale_by_sign() -> GradientTransformation:
         return jax.tree.map(jnp.sign, updates), state
 
     return GradientTransformation(init_empty_state, update_fn)
+
+
+def _where_kept(keep, kept: jax.Array, other: jax.Array) -> jax.Array:
+    """``kept`` where the mask ``keep`` is True: a Python bool picks at trace time, a boolean
+    array (e.g. a packed layout's per-element mask) element by element."""
+    if isinstance(keep, (bool, np.bool_)):
+        return kept if keep else other
+    return jnp.where(keep, kept, other)
 
 
 def clip(max_delta: float) -> GradientTransformation:

@@ -65,3 +65,18 @@ def test_adam_is_ema_over_root_of_second_moment_closed_form():
     out, _ = gradtx.adam_direction(eps=1e-8).update(g, gradtx.adam_direction().init(g))
     # rtol: float32 rounds b2 = 0.999, so 1 - b2 is 1.3e-5 off 0.001 (optax alike)
     np.testing.assert_allclose(out, g / (jnp.abs(g) + 1e-8), rtol=2e-5)
+
+
+@pytest.mark.parametrize("as_array", [False, True], ids=["bool-leaves", "array-leaves"])
+def test_weight_decay_mask_of_bools_or_boolean_arrays(as_array):
+    """u + wd * p where the mask is True (closed form); an array mask acts per element."""
+    params = {"w": jnp.ones((2, 2)), "b": jnp.ones(2)}
+    grads = jax.tree.map(jnp.zeros_like, params)
+    mask = {"w": True, "b": False}
+    if as_array:
+        mask = {"w": jnp.array([[True, False], [True, True]]), "b": jnp.array(False)}
+    tx = gradtx.add_decayed_weights(0.5, mask=mask)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    expected_w = 0.5 * (np.asarray(mask["w"]) if as_array else np.ones((2, 2)))
+    np.testing.assert_array_equal(updates["w"], expected_w)
+    np.testing.assert_array_equal(updates["b"], 0.0)
