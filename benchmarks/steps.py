@@ -1,0 +1,128 @@
+"""The step candidates: the bandwidth triad, jitted JAX steps (optax, gradtx plain, gradtx
+fused, gradtx packed) with donated params and state, and torch.optim (for-loop, foreach,
+fused)."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import gradtx
+from benchmarks.timing import Candidate
+from benchmarks.trees import n_floats, numpy_tree
+
+# name -> (gradtx factory, optax factory, torch (class, kwargs), per-element state arrays)
+OPTIMIZERS: dict[str, tuple[Callable, Callable, tuple[str, dict], int]] = {
+    "sgd": (lambda: gradtx.sgd(1e-3), lambda: optax.sgd(1e-3), ("SGD", {"lr": 1e-3}), 0),
+    "momentum": (lambda: gradtx.sgd(1e-3, momentum=0.9), lambda: optax.sgd(1e-3, momentum=0.9),
+                 ("SGD", {"lr": 1e-3, "momentum": 0.9}), 1),
+    "nesterov": (lambda: gradtx.sgd(1e-3, momentum=0.9, nesterov=True),
+                 lambda: optax.sgd(1e-3, momentum=0.9, nesterov=True),
+                 ("SGD", {"lr": 1e-3, "momentum": 0.9, "nesterov": True}), 1),
+    "rmsprop": (lambda: gradtx.rmsprop(1e-3), lambda: optax.rmsprop(1e-3),
+                ("RMSprop", {"lr": 1e-3, "alpha": 0.9}), 1),
+    "adagrad": (lambda: gradtx.adagrad(1e-2), lambda: optax.adagrad(1e-2), ("Adagrad", {"lr": 1e-2}), 1),
+    "adadelta": (lambda: gradtx.adadelta(1.0), lambda: optax.adadelta(1.0), ("Adadelta", {"lr": 1.0}), 2),
+    "adam": (lambda: gradtx.adam(1e-3), lambda: optax.adam(1e-3), ("Adam", {"lr": 1e-3}), 2),
+}
+
+
+def step_bytes(tree: str, n_state: int) -> float:
+    """Bytes an ideal step moves: read p, g and the state, write p and the state, once."""
+    return 4.0 * n_floats(tree) * (3 + 2 * n_state)
+
+
+def triad(n: int) -> Candidate:
+    """``a = a + b + s * c``, jitted, ``a`` donated: 4 arrays moved, the update step's
+    access pattern (read and write the same buffer) without its arithmetic."""
+    f = jax.jit(lambda a, b, c: a + b + 2.0 * c, donate_argnums=(0,))
+    box = {"a": jnp.zeros(n, jnp.float32)}
+    b, c = jnp.ones(n, jnp.float32), jnp.full(n, 0.5, jnp.float32)
+
+    def run():
+        box["a"] = f(box["a"], b, c)
+        box["a"].block_until_ready()
+
+    return Candidate("triad", run, 16.0 * n)
+
+
+def plain_step(tx) -> Callable:
+    def step(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+    return step
+
+
+def jax_candidate(name: str, step: Callable, params: Any, state: Any, grads: Any, nbytes: float,
+                  compile_log: dict) -> Candidate:
+    """``step`` jitted with params and state donated; compile time and HLO recorded."""
+    jitted = jax.jit(step, donate_argnums=(0, 1))
+    t0 = time.perf_counter()
+    compiled = jitted.lower(params, state, grads).compile()
+    compile_log[name] = {"compile_s": time.perf_counter() - t0,
+                         "fusions": count_fusions(compiled.as_text())}
+    box = {"p": params, "s": state}
+
+    def run():
+        box["p"], box["s"] = compiled(box["p"], box["s"], grads)
+        jax.block_until_ready(box["p"])
+
+    return Candidate(name, run, nbytes)
+
+
+def count_fusions(hlo: str) -> int:
+    """Fusion instructions in the compiled module whose output is an array (scalar index
+    and bias-correction fusions are not counted): each is one pass over its operands."""
+    return len(re.findall(r"= f(?:16|32|64)\[[0-9,]+\]\{[0-9,]*\} fusion\(", hlo))
+
+
+def jax_candidates(opt: str, tree: str, impls: tuple[str, ...], compile_log: dict,
+                   chunk_size: int) -> list[Candidate]:
+    make_gradtx, make_optax, _, n_state = OPTIMIZERS[opt]
+    nbytes = step_bytes(tree, n_state)
+    P, G = numpy_tree(tree, 0), numpy_tree(tree, 1, 1e-2)
+    fresh = lambda t: jax.tree.map(jnp.asarray, t)  # noqa: E731
+    out = []
+    for impl in impls:
+        if impl == "optax":
+            tx, params = make_optax(), fresh(P)
+            out.append(jax_candidate("optax", plain_step(tx), params, tx.init(params), fresh(G), nbytes, compile_log))
+        elif impl == "gradtx":
+            tx, params = make_gradtx(), fresh(P)
+            out.append(jax_candidate("gradtx", plain_step(tx), params, tx.init(params), fresh(G), nbytes, compile_log))
+        elif impl == "gradtx fused":
+            tx, params = make_gradtx(), fresh(P)
+            out.append(jax_candidate("gradtx fused", gradtx.update_and_apply(tx, chunk_size=chunk_size), params,
+                                     tx.init(params), fresh(G), nbytes, compile_log))
+        elif impl in ("gradtx packed", "gradtx packed+fused"):
+            packing = gradtx.Packing(P)
+            tx, params, grads = make_gradtx(), packing.pack(fresh(P)), packing.pack(fresh(G))
+            step = plain_step(tx) if impl == "gradtx packed" else gradtx.update_and_apply(tx, chunk_size=chunk_size)
+            out.append(jax_candidate(impl, step, params, tx.init(params), grads, nbytes, compile_log))
+    return out
+
+
+def torch_candidates(opt: str, tree: str, modes: tuple[str, ...]) -> list[Candidate]:
+    import torch
+
+    _, _, (cls_name, kwargs), n_state = OPTIMIZERS[opt]
+    cls = getattr(torch.optim, cls_name)
+    P, G = numpy_tree(tree, 0), numpy_tree(tree, 1, 1e-2)
+    out = []
+    for mode in modes:
+        flags = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}[mode]
+        params = [torch.tensor(v, requires_grad=True) for v in P.values()]
+        for p, g in zip(params, G.values()):
+            p.grad = torch.tensor(g)
+        try:
+            optimizer = cls(params, **kwargs, **flags)
+        except (TypeError, RuntimeError):
+            continue  # this optimizer has no such implementation
+        out.append(Candidate(f"torch {mode}", optimizer.step, step_bytes(tree, n_state)))
+    return out
