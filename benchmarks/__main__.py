@@ -10,19 +10,25 @@ taken within a round, so that the noise of a shared machine hits all of them ali
 
 from __future__ import annotations
 
-import argparse
-import gc
-import json
 import os
-import platform
-import statistics
-import time
 
-import jax
+# torch's OpenMP workers busy-wait after each parallel region and would steal both cores
+# from the JAX step timed next in the same interleaved round (measured here: a JAX triad
+# right after a torch step moved 23 GB/s instead of 32). Sleep instead of spinning.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from benchmarks import e2e, steps
-from benchmarks.timing import Candidate, interleave, ratios
-from benchmarks.trees import n_floats
+import argparse  # noqa: E402
+import gc  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+
+from benchmarks import e2e, steps  # noqa: E402
+from benchmarks.timing import Candidate, interleave, ratios  # noqa: E402
+from benchmarks.trees import n_floats  # noqa: E402
 
 FULL = {
     "trees": ("one16M", "resnet50", "many2000"),

@@ -23,6 +23,10 @@ def _paths(tree: Any) -> tuple[list[str], list[Any], Any]:
 def check_match(updates: Any, other: Any, *, where: str, what: str) -> None:
     """Raise ``TreeMismatchError`` unless ``other`` has the structure and leaf shapes of
     ``updates``. Runs at trace time only (structure and shapes are static)."""
+    u_leaves, u_def = jax.tree.flatten(updates)
+    o_leaves, o_def = jax.tree.flatten(other)
+    if u_def == o_def and all(jnp.shape(u) == jnp.shape(o) for u, o in zip(u_leaves, o_leaves)):
+        return  # the common case: no leaf paths needed
     u_paths, u_leaves, u_def = _paths(updates)
     o_paths, o_leaves, o_def = _paths(other)
     if u_def != o_def:

@@ -28,17 +28,27 @@ def scale_by_ema(decay: float, accumulator_dtype: Optional[jnp.dtype] = None) ->
       accumulator_dtype: dtype of ``mu`` in the state (the output keeps the input's dtype).
     """
     _checks.in_interval("scale_by_ema", "decay", decay)
-    _checks.is_float_dtype("scale_by_ema", "accumulator_dtype", accumulator_dtype)
+    return _ema("scale_by_ema", decay, accumulator_dtype)
+
+
+def _ema(name: str, decay: float, accumulator_dtype, output_decay: Optional[float] = None
+         ) -> GradientTransformation:
+    """``mu = ema(u, mu, decay) ; u -> mu``, or with ``output_decay`` given,
+    ``u -> ema(u, mu_previous, output_decay)`` (Lion blends the previous average at its own rate)."""
+    _checks.is_float_dtype(name, "accumulator_dtype", accumulator_dtype)
 
     def init_fn(params):
         return EmaState(mu=_tree.zeros_like(params, dtype=accumulator_dtype))
 
     def update_fn(updates, state, params=None, **extra):
         del params, extra
-        _tree.check_match(updates, state.mu, where="scale_by_ema", what="state field `mu`")
+        _tree.check_match(updates, state.mu, where=name, what="state field `mu`")
         mu = jax.tree.map(lambda g, m: ema(g, m, decay), updates, state.mu)
-        return _tree.cast_like(mu, updates), EmaState(mu=_tree.cast(mu, accumulator_dtype))
+        out = mu if output_decay is None else jax.tree.map(lambda g, m: ema(g, m, output_decay),
+                                                           updates, state.mu)
+        return _tree.cast_like(out, updates), EmaState(mu=_tree.cast(mu, accumulator_dtype))
 
+    update_fn.__qualname__ = f"{name}.<locals>.update_fn"  # names the stage in errors
     return GradientTransformation(init_fn, update_fn)
 
 
@@ -172,16 +182,4 @@ def interpolated_ema(b1: float = 0.9, b2: float = 0.99, accumulator_dtype: Optio
     the output blends the *previous* average with ``b1``, the average moves with ``b2``)."""
     _checks.in_interval("interpolated_ema", "b1", b1)
     _checks.in_interval("interpolated_ema", "b2", b2)
-    _checks.is_float_dtype("interpolated_ema", "accumulator_dtype", accumulator_dtype)
-
-    def init_fn(params):
-        return EmaState(mu=_tree.zeros_like(params, dtype=accumulator_dtype))
-
-    def update_fn(updates, state, params=None, **extra):
-        del params, extra
-        _tree.check_match(updates, state.mu, where="interpolated_ema", what="state field `mu`")
-        out = jax.tree.map(lambda g, m: ema(g, m, b1), updates, state.mu)
-        mu = jax.tree.map(lambda g, m: ema(g, m, b2), updates, state.mu)
-        return _tree.cast_like(out, updates), EmaState(mu=_tree.cast(mu, accumulator_dtype))
-
-    return GradientTransformation(init_fn, update_fn)
+    return _ema("interpolated_ema", b2, accumulator_dtype, output_decay=b1)
