@@ -37,7 +37,8 @@ def shifted_matmul_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rh
     ones = lambda d: d is None or all(v == 1 for v in d)
     if not (ones(window_strides) and ones(lhs_dilation) and ones(rhs_dilation)
             and padding == "SAME" and feature_group_count == 1 and lhs.ndim == 4):
-        raise NotImplementedError("shifted_matmul_conv: only 2-D, stride 1, 'SAME', ungrouped")
+        raise ValueError("shifted_matmul_conv: supports 2-D convolutions with stride 1, no dilation, "
+                         "'SAME' padding and one feature group (what the CNN uses); got another setting")
     kh, kw, cin, cout = rhs.shape
     _, h, w, _ = lhs.shape
     x = jnp.pad(lhs, ((0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2), (0, 0)))
