@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -53,8 +54,6 @@ def positive(where: str, name: str, value: Any) -> None:
 def is_float_dtype(where: str, name: str, value: Any) -> None:
     if value is None:
         return
-    import jax.numpy as jnp
-
     try:
         dtype = jnp.dtype(value)
     except TypeError:

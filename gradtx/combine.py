@@ -60,10 +60,16 @@ def _check_state(kind: str, state: Any, expected_len: int, container=tuple) -> N
             f"(or its last update()), not one built by a different optimizer.")
 
 
-def _update_stage(t: GradientTransformation, updates, state, params, extra):
-    if _accepts_extra_args(t.update):
-        return t.update(updates, state, params, **extra)
-    return t.update(updates, state, params)
+def _stage_updates(transforms: Sequence[GradientTransformation]) -> list[Callable]:
+    """Each stage's update as ``f(updates, state, params, extra)``, passing ``extra`` only
+    to stages that take it. Decided once, when the combinator is built, not per step."""
+
+    def wrap(update_fn):
+        if _accepts_extra_args(update_fn):
+            return lambda u, s, p, extra: update_fn(u, s, p, **extra)
+        return lambda u, s, p, extra: update_fn(u, s, p)
+
+    return [wrap(t.update) for t in transforms]
 
 
 def chain(*transforms: GradientTransformation) -> GradientTransformation:
@@ -74,6 +80,7 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
     """
     transforms = tuple(transforms)
     labels = [str(i) for i in range(len(transforms))]
+    updates_of = _stage_updates(transforms)
 
     def init_fn(params):
         return tuple(t.init(params) for t in transforms)
@@ -84,7 +91,7 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
 
         def step(i, t):
             nonlocal updates
-            updates, s = _update_stage(t, updates, state[i], params, extra)
+            updates, s = updates_of[i](updates, state[i], params, extra)
             new_state.append(s)
 
         _run_stages("chain", transforms, labels, step)
@@ -99,6 +106,7 @@ def named_chain(*named: tuple[str, GradientTransformation]) -> GradientTransform
     if len(set(names)) != len(names):
         raise ValueError(f"gradtx.named_chain: stage names must be unique, got {names}")
     transforms = [t for _, t in named]
+    updates_of = _stage_updates(transforms)
 
     def init_fn(params):
         return {name: t.init(params) for name, t in named}
@@ -113,7 +121,7 @@ def named_chain(*named: tuple[str, GradientTransformation]) -> GradientTransform
 
         def step(i, t):
             nonlocal updates
-            updates, new_state[names[i]] = _update_stage(t, updates, state[names[i]], params, extra)
+            updates, new_state[names[i]] = updates_of[i](updates, state[names[i]], params, extra)
 
         _run_stages("named_chain", transforms, [repr(n) for n in names], step)
         return updates, new_state
@@ -138,6 +146,7 @@ def fork(*branches: GradientTransformation, join: Callable[..., jax.Array]) -> G
     if not callable(join):
         raise ValueError(f"gradtx.fork(join={join!r}): join must be a function of one array per branch")
     labels = [str(i) for i in range(len(branches))]
+    updates_of = _stage_updates(branches)
 
     def init_fn(params):
         return tuple(b.init(params) for b in branches)
@@ -146,7 +155,7 @@ def fork(*branches: GradientTransformation, join: Callable[..., jax.Array]) -> G
         _check_state("fork", state, len(branches))
         results = _run_stages(
             "fork", branches, labels,
-            lambda i, b: _update_stage(b, updates, state[i], params, extra))
+            lambda i, b: updates_of[i](updates, state[i], params, extra))
         outs = [out for out, _ in results]
         return jax.tree.map(join, *outs), tuple(s for _, s in results)
 
