@@ -1,6 +1,11 @@
 """The step candidates: the bandwidth triad, jitted JAX steps (optax, gradtx plain, gradtx
-fused, gradtx packed) with donated params and state, and torch.optim (for-loop, foreach,
-fused)."""
+fused = ``gradtx.update_and_apply``, gradtx packed) with donated params and state, and
+torch.optim (for-loop, foreach, fused).
+
+The runner turns on XLA:CPU's sibling multi-output fusion for the process
+(``gradtx.enable_cpu_multi_output_fusion``). "optax" is compiled without it, as optax
+users get it (``compiler_options`` can clear the backend's extra options per compile,
+not add them); "optax (MOF)" with it."""
 
 from __future__ import annotations
 
@@ -59,10 +64,15 @@ def plain_step(tx) -> Callable:
     return step
 
 
+# Per-compile options that drop the process's --xla_backend_extra_options (the
+# multi-output fusion switch): XLA's default fusion.
+XLA_DEFAULT = {"xla_backend_extra_options": ""}
+
+
 def jax_candidate(name: str, step: Callable, params: Any, state: Any, grads: Any, nbytes: float,
-                  compile_log: dict) -> Candidate:
+                  compile_log: dict, compiler_options: dict | None = None) -> Candidate:
     """``step`` jitted with params and state donated; compile time and HLO recorded."""
-    jitted = jax.jit(step, donate_argnums=(0, 1))
+    jitted = jax.jit(step, donate_argnums=(0, 1), compiler_options=compiler_options)
     t0 = time.perf_counter()
     compiled = jitted.lower(params, state, grads).compile()
     compile_log[name] = {"compile_s": time.perf_counter() - t0,
@@ -82,28 +92,29 @@ def count_fusions(hlo: str) -> int:
     return len(re.findall(r"= f(?:16|32|64)\[[0-9,]+\]\{[0-9,]*\} fusion\(", hlo))
 
 
-def jax_candidates(opt: str, tree: str, impls: tuple[str, ...], compile_log: dict,
-                   chunk_size: int) -> list[Candidate]:
+def jax_candidates(opt: str, tree: str, impls: tuple[str, ...], compile_log: dict) -> list[Candidate]:
     make_gradtx, make_optax, _, n_state = OPTIMIZERS[opt]
     nbytes = step_bytes(tree, n_state)
     P, G = numpy_tree(tree, 0), numpy_tree(tree, 1, 1e-2)
     fresh = lambda t: jax.tree.map(jnp.asarray, t)  # noqa: E731
     out = []
     for impl in impls:
-        if impl == "optax":
+        if impl in ("optax", "optax (MOF)"):
             tx, params = make_optax(), fresh(P)
-            out.append(jax_candidate("optax", plain_step(tx), params, tx.init(params), fresh(G), nbytes, compile_log))
+            options = XLA_DEFAULT if impl == "optax" else None
+            out.append(jax_candidate(impl, plain_step(tx), params, tx.init(params), fresh(G), nbytes, compile_log,
+                                     options))
         elif impl == "gradtx":
             tx, params = make_gradtx(), fresh(P)
             out.append(jax_candidate("gradtx", plain_step(tx), params, tx.init(params), fresh(G), nbytes, compile_log))
         elif impl == "gradtx fused":
             tx, params = make_gradtx(), fresh(P)
-            out.append(jax_candidate("gradtx fused", gradtx.update_and_apply(tx, chunk_size=chunk_size), params,
+            out.append(jax_candidate("gradtx fused", gradtx.update_and_apply(tx), params,
                                      tx.init(params), fresh(G), nbytes, compile_log))
         elif impl in ("gradtx packed", "gradtx packed+fused"):
             packing = gradtx.Packing(P)
             tx, params, grads = make_gradtx(), packing.pack(fresh(P)), packing.pack(fresh(G))
-            step = plain_step(tx) if impl == "gradtx packed" else gradtx.update_and_apply(tx, chunk_size=chunk_size)
+            step = plain_step(tx) if impl == "gradtx packed" else gradtx.update_and_apply(tx)
             out.append(jax_candidate(impl, step, params, tx.init(params), grads, nbytes, compile_log))
     return out
 

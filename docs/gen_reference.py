@@ -11,7 +11,7 @@ import pathlib
 import sys
 
 import gradtx
-from gradtx import combine, moments, optimizers, scaling, schedules
+from gradtx import combine, fused, moments, optimizers, scaling, schedules
 
 OUT = pathlib.Path(__file__).with_name("reference.md")
 SECTIONS = [
@@ -25,6 +25,8 @@ SECTIONS = [
     ("Schedules", schedules, ["constant_schedule", "cosine_decay_schedule", "triangular_schedule"]),
     ("Optimizers", optimizers, ["sgd", "averaged_momentum", "rmsprop", "adagrad", "adadelta", "adam_direction", "adam",
                                 "adamw", "nadam", "amsgrad", "adamax", "lion"]),
+    ("One loop per leaf: update_and_apply", fused, ["update_and_apply", "enable_cpu_multi_output_fusion",
+                                                    "fuses_sibling_outputs"]),
 ]
 
 

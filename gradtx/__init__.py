@@ -15,7 +15,7 @@ from gradtx.scaling import (ScaleByScheduleState, SumOfSquaresState, UpdateRmsSt
                             global_norm, scale, scale_by_adadelta, scale_by_learning_rate, scale_by_rms,
                             scale_by_schedule, scale_by_sign, scale_by_stddev, scale_by_sum_of_squares,
                             scale_by_update_rms, sqrt_eps)
-from gradtx.fused import NotElementwiseError, update_and_apply
+from gradtx.fused import enable_cpu_multi_output_fusion, fuses_sibling_outputs, update_and_apply
 from gradtx.packing import LeafSlot, Packing
 
 __version__ = "0.1.0"
@@ -32,5 +32,5 @@ __all__ = [
     "scale_by_adadelta", "scale_by_ema", "scale_by_learning_rate", "scale_by_rms",
     "scale_by_schedule", "scale_by_stddev", "scale_by_sum_of_squares", "scale_by_update_rms",
     "second_moment", "sgd", "sqrt_eps", "stateless", "trace",
-    "NotElementwiseError", "update_and_apply", "LeafSlot", "Packing",
+    "enable_cpu_multi_output_fusion", "fuses_sibling_outputs", "update_and_apply", "LeafSlot", "Packing",
 ]

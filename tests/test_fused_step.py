@@ -1,0 +1,190 @@
+"""``gradtx.update_and_apply``: the numbers of the plain step, one loop per leaf.
+
+References and tolerances:
+- vs the plain jitted ``tx.update`` + ``apply_updates`` (float64, 200 steps): bitwise
+  equal, but for optimizers whose update recomputes a moment (Adam, AdamW, NAdam,
+  RMSprop, Adagrad, Adadelta, ...): there LLVM may contract a multiply-add into an FMA
+  in one loop and not the other (one ulp, ~1e-13 relative after 200 steps): rtol 1e-10,
+  the tolerance of the optax parity tests; vs optax: rtol 1e-10. The gradients pull to
+  1 and wobble with the step, not with the params: a gradient that depends chaotically
+  on the params (``sin(t * p)``) would blow one ulp up to percents in 200 steps;
+- the one-loop form is forced in this process (XLA's default flags, where the runtime
+  check would pick the plain step), so its numbers are tested everywhere; a subprocess
+  with XLA:CPU's sibling multi-output fusion on checks the loops themselves: one array
+  fusion per leaf, no copies, and float32 numbers within 1e-5 of the plain step's
+  (relative to the largest param; up to 7e-7 measured: FMA contraction over 20 steps).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+
+import gradtx
+from gradtx import fused
+from test_performance_layouts import OPTIMIZERS, _assert_trees, _params, _plain, _run
+
+RTOL = 1e-10
+MORE = {
+    "adamw": (lambda: gradtx.adamw(0.01, weight_decay=0.1), lambda: optax.adamw(0.01, weight_decay=0.1)),
+    "nadam": (lambda: gradtx.nadam(0.01), lambda: optax.nadam(0.01)),
+    "amsgrad": (lambda: gradtx.amsgrad(0.01), lambda: optax.amsgrad(0.01)),
+    "lion": (lambda: gradtx.lion(0.01), lambda: optax.lion(0.01)),
+    "clipped sgd": (lambda: gradtx.chain(gradtx.clip_by_global_norm(1.0), gradtx.sgd(0.05, momentum=0.9)),
+                    lambda: optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.05, momentum=0.9))),
+}
+ALL = {**OPTIMIZERS, **MORE}
+BITWISE = ("sgd", "momentum", "nesterov", "lion", "clipped sgd")
+
+
+def _grad(params, t):
+    """The pull to 1 plus a wobble that depends on the step and the position, not the params."""
+    return jax.tree.map(lambda p: (p - 1.0) + 0.1 * jnp.cos(t + jnp.arange(p.size).reshape(p.shape)), params)
+
+
+@pytest.fixture(autouse=True)
+def _x64():
+    with jax.enable_x64(True):
+        yield
+
+
+@pytest.fixture(params=["one-loop form", "plain fallback"])
+def form(request, monkeypatch):
+    """Run ``update_and_apply`` in its one-loop form, or in its fallback."""
+    monkeypatch.setattr(fused, "fuses_sibling_outputs", lambda platform=None: request.param == "one-loop form")
+    return request.param
+
+
+def _fused(tx):
+    return jax.jit(gradtx.update_and_apply(tx), donate_argnums=(0, 1))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_equals_plain_step_and_optax(name, form):
+    make, make_optax = ALL[name]
+    params = _params()
+    p_plain, s_plain = _run(_plain(make()), params, make().init(params), grad=_grad)
+    tx = make()
+    fresh = jax.tree.map(jnp.copy, params)
+    p_fused, s_fused = _run(_fused(tx), fresh, tx.init(fresh), grad=_grad)
+    rtol = 0.0 if name in BITWISE or form == "plain fallback" else RTOL
+    _assert_trees(p_fused, p_plain, rtol=rtol)
+    _assert_trees(s_fused, s_plain, rtol=rtol)
+    p_optax, _ = _run(_plain(make_optax()), params, make_optax().init(params), grad=_grad)
+    _assert_trees(p_fused, p_optax, rtol=RTOL)
+
+
+@pytest.mark.parametrize("name", ["adam", "adadelta"])
+def test_on_the_packed_layout_with_per_leaf_trust_ratio(name, form):
+    """Packed buffers are leaves like any other; LAMB's per-leaf trust ratio reduces over
+    each leaf's segment. 50 steps, rtol 1e-9: a one-ulp FMA difference in the update
+    goes through the ratio of two norms (measured: 1.03e-10 once in 1,164 elements)."""
+    params = _params()
+    packing = gradtx.Packing(params)
+    make = lambda: gradtx.chain(ALL[name][0](), packing.scale_by_trust_ratio())  # noqa: E731
+    grad = lambda tree, t: packing.pack(_grad(tree, t))  # noqa: E731
+    runs = []
+    for step_of in (_plain, _fused):
+        tx, packed = make(), packing.pack(params)
+        runs.append(_run(step_of(tx), packed, tx.init(packed), steps=50, grad=grad, to_tree=packing.unpack))
+    _assert_trees(runs[0], runs[1], rtol=1e-9)
+
+
+def test_compiles_once(form):
+    params = _params()
+    tx = gradtx.adam(0.01)
+    step = _fused(tx)
+    _run(step, params, tx.init(params), steps=3, grad=_grad)
+    assert step._cache_size() == 1
+
+
+def test_eager_call_is_the_plain_step(form):
+    params = _params()
+    tx = gradtx.adam(0.01)
+    grads = _grad(params, 0.0)
+    got = gradtx.update_and_apply(tx)(params, tx.init(params), grads)
+    updates, state = tx.update(grads, tx.init(params), params)
+    _assert_trees(got, (gradtx.apply_updates(params, updates), state))
+
+
+def test_sibling_fusion_is_off_by_default_on_cpu():
+    assert fused.fuses_sibling_outputs.__wrapped__("cpu") is ("xla_cpu_use_multi_output_fusion"
+                                                             in os.environ.get("XLA_FLAGS", ""))
+
+
+@pytest.mark.parametrize("before, after", [
+    ("", "--xla_backend_extra_options=xla_cpu_use_multi_output_fusion"),
+    ("--xla_force_host_platform_device_count=8",
+     "--xla_force_host_platform_device_count=8 --xla_backend_extra_options=xla_cpu_use_multi_output_fusion"),
+    ("--xla_backend_extra_options=a=1 --xla_dump_to=/tmp/x",
+     "--xla_backend_extra_options=a=1,xla_cpu_use_multi_output_fusion --xla_dump_to=/tmp/x"),
+])
+def test_flag_is_added_to_existing_flags(before, after):
+    assert fused._add_extra_option(before, fused.CPU_MULTI_OUTPUT_FUSION) == after
+    assert fused._extra_options_include(after, fused.CPU_MULTI_OUTPUT_FUSION)
+    assert not fused._extra_options_include(before, fused.CPU_MULTI_OUTPUT_FUSION)
+
+
+def test_enable_after_jax_started_fails_loudly(monkeypatch):
+    jax.devices()  # this process has started its backends
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+    with pytest.raises(RuntimeError, match=r"before the first JAX computation.*XLA_FLAGS="):
+        gradtx.enable_cpu_multi_output_fusion()
+    assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=1"  # untouched
+
+
+# Run in a fresh process with the switch on: one array fusion per leaf and no copies for
+# each element-wise optimizer; the numbers of the plain step.
+_CHILD = r"""
+import json, re, sys
+import gradtx
+gradtx.enable_cpu_multi_output_fusion()
+import jax, jax.numpy as jnp
+sys.path.insert(0, "tests")
+from test_fused_step import ALL
+assert gradtx.fuses_sibling_outputs()
+params = {"w": jnp.linspace(-1.0, 1.0, 4096).reshape(64, 64), "b": jnp.linspace(0.5, 1.5, 512)}
+grads = jax.tree.map(lambda p: 0.3 * (p - 0.2), params)
+out = {}
+for name, (make, _) in ALL.items():
+    tx = make()
+    fused = jax.jit(gradtx.update_and_apply(tx), donate_argnums=(0, 1))
+    hlo = fused.lower(params, tx.init(params), grads).compile().as_text()
+    entry = hlo[hlo.index("ENTRY"):]
+    arrays = len(re.findall(r"= \(?f32\[(?:64,64|512)\][^=]*fusion\(", entry))
+    copies = len(re.findall(r"f32\[[0-9,]+\]\{[0-9,]*\} copy\(", entry))
+    p, s = params, tx.init(params)
+    q, r = params, tx.init(params)
+    plain = jax.jit(lambda p, s, g: (lambda u, s: (gradtx.apply_updates(p, u), s))(*tx.update(g, s, p)))
+    for _ in range(20):
+        p, s = fused(jax.tree.map(jnp.copy, p), s, grads)
+        q, r = plain(q, r, grads)
+    diff = max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b))) for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(q)))
+    out[name] = {"array_fusions": arrays, "copies": copies, "max_rel_diff": diff}
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def with_sibling_fusion():
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    done = subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True, timeout=600,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_one_loop_per_leaf_with_sibling_fusion(name, with_sibling_fusion):
+    got = with_sibling_fusion[name]
+    assert got["copies"] == 0
+    if name != "clipped sgd":  # whose loops also reduce each leaf to its norm
+        assert got["array_fusions"] == 2  # two leaves, one loop each
+    assert got["max_rel_diff"] <= 1e-5
