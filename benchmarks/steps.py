@@ -87,9 +87,12 @@ def jax_candidate(name: str, step: Callable, params: Any, state: Any, grads: Any
 
 
 def count_fusions(hlo: str) -> int:
-    """Fusion instructions in the compiled module whose output is an array (scalar index
-    and bias-correction fusions are not counted): each is one pass over its operands."""
-    return len(re.findall(r"= f(?:16|32|64)\[[0-9,]+\]\{[0-9,]*\} fusion\(", hlo))
+    """Fusion instructions of the entry computation that output an array or a tuple of
+    arrays (scalar index and bias-correction fusions are not counted): each is one pass
+    over its operands, however many outputs it writes."""
+    entry = hlo[hlo.index("ENTRY"):]
+    shapes = [line.split(" fusion(")[0].split(" = ", 1)[-1] for line in entry.splitlines() if " fusion(" in line]
+    return sum(bool(re.search(r"f(?:16|32|64)\[[0-9][0-9,]*\]", shape)) for shape in shapes)
 
 
 def jax_candidates(opt: str, tree: str, impls: tuple[str, ...], compile_log: dict) -> list[Candidate]:
