@@ -129,7 +129,8 @@ def render(report: dict) -> str:
     groups = report["groups"]
     out = [f"Machine: {report['machine']['cpus']} CPUs, jax {report['machine']['jax']}, torch "
            f"{report['machine']['torch']}; {'quick' if report['quick'] else 'full'} run, "
-           f"{report['config']['rounds']} interleaved rounds, medians."]
+           f"{report['config']['rounds']} interleaved rounds, medians. XLA:CPU sibling multi-output fusion: "
+           f"{'on' if report.get('sibling_fusion') else 'off'} (\"optax\" compiled without it)."]
     out.append("\n### Bandwidth (donated jitted triad `a = a + b + 2c`, float32)\n")
     out.append(md_table(["tree", "floats", "GB/s (median over groups)"],
                         [[t, n_floats(t), statistics.median(g["triad_GBps"] for k, g in groups.items()
