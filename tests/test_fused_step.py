@@ -200,8 +200,9 @@ def test_packed_flax_example_trains_with_one_loop_per_buffer():
                           cwd=root, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "XLA fuses sibling outputs: True" in done.stdout
-    first = float(re.search(r"after one step: (\S+)", done.stdout).group(1))
-    last = float(re.search(r"after 30 steps: (\S+)", done.stdout).group(1))
-    assert first <= 1e-6 and last <= 1e-3, done.stdout
-    losses = [float(v) for v in re.findall(r"loss packed (\S+)", done.stdout)]
-    assert losses[-1] < losses[0]
+    # One step: the same params to float32 rounding. Later steps: float32 training grows
+    # the ulps (Adam divides by the root of tiny second moments), the losses stay together.
+    assert float(re.search(r"after one step: (\S+)", done.stdout).group(1)) <= 1e-6, done.stdout
+    losses = [(float(a), float(b)) for a, b in re.findall(r"loss packed (\S+)  tree (\S+)", done.stdout)]
+    assert all(abs(a - b) <= 1e-2 * b for a, b in losses), losses
+    assert losses[-1][0] < 0.5 * losses[0][0]
