@@ -24,6 +24,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
+from benchmarks.steps import plain_step as plain  # noqa: E402
+
 N = 1 << 24
 IDEAL_BYTES = 7 * 4 * N
 TRIAD_BYTES = 4 * 4 * N
@@ -52,13 +54,6 @@ def adam_seconds(step_of_tx, tx, compiler_options=None) -> float:
     f = jax.jit(step_of_tx(tx), donate_argnums=(0, 1), compiler_options=compiler_options)
     params = jnp.ones(N)
     return _median_seconds(lambda ps: f(ps[0], ps[1], grads), (params, tx.init(params)))
-
-
-def plain(tx):
-    def step(params, state, grads):
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-    return step
 
 
 def main() -> None:

@@ -10,7 +10,8 @@ It trains the same MLP twice, on the tree and packed, and prints the largest dif
 between the two sets of params after the first step (zero, or an ulp where XLA orders a
 reduction differently) and after the last (float32 training amplifies ulps: Adam divides
 by the root of tiny second moments, so expect ~1e-2 after 100 steps; the optimizer
-itself is bit-identical on both layouts, see tests/test_performance_layouts.py).
+itself gives the same numbers on both layouts to an ulp, see
+tests/test_performance_layouts.py and tests/test_fused_step.py).
 """
 
 from __future__ import annotations
