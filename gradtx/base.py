@@ -7,7 +7,13 @@ A transformation is a pair of pure functions::
 
 ``GradientTransformation`` is a two-field NamedTuple ``(init, update)``, the same shape
 as optax's, so gradtx transformations drop into ``optax.chain``, Flax's ``TrainState``
-and ``nnx.Optimizer``, and optax transformations drop into ``gradtx.chain``.
+and ``nnx.Optimizer``, and optax transformations drop into ``gradtx.chain``. The updates
+that come out are *added* to the params (``apply_updates``).
+
+Errors: everything gradtx raises while building or running a transformation names the
+call the user made (``gradtx.adam(b1=1.5): ...``, ``gradtx.rmsprop > scale_by_stddev:
+...``). ``UpdateError`` and its subclass ``TreeMismatchError`` carry the chain of stages
+they were raised in, so the message can name the optimizer and the stage at fault.
 """
 
 from __future__ import annotations
@@ -25,7 +31,29 @@ Schedule = Callable[[jax.typing.ArrayLike], jax.typing.ArrayLike]
 ScalarOrSchedule = Union[float, jax.typing.ArrayLike, Schedule]
 
 
-class TreeMismatchError(ValueError):
+class UpdateError(ValueError):
+    """An ``update`` call that cannot run (wrong state, missing params, ...).
+
+    ``stages`` lists the calls it was raised in, outermost first (``("rmsprop",
+    "scale_by_stddev", ...)``); the message names the first two: the call the user made
+    and its stage at fault."""
+
+    def __init__(self, detail: str, stages: tuple[str, ...] = ()):
+        self.detail = detail
+        self.stages = tuple(stages)
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        if not self.stages:
+            return self.detail
+        return f"gradtx.{' > '.join(self.stages[:2])}: {self.detail}"
+
+    def within(self, stage: str) -> UpdateError:
+        """The same error, raised one stage further out."""
+        return type(self)(self.detail, (stage, *self.stages))
+
+
+class TreeMismatchError(UpdateError):
     """Updates, state and params do not have the same tree structure or leaf shapes."""
 
 
@@ -48,33 +76,7 @@ class GradientTransformation(NamedTuple):
 
 
 class EmptyState(NamedTuple):
-    """The state of a stateless transformation."""
-
-
-def init_empty_state(params: Params) -> EmptyState:
-    del params
-    return EmptyState()
-
-
-def identity() -> GradientTransformation:
-    """``u -> u``: passes updates through unchanged."""
-
-    def update_fn(updates, state, params=None, **extra):
-        del params, extra
-        return updates, state
-
-    return GradientTransformation(init_empty_state, update_fn)
-
-
-def stateless(fn: Callable[[Updates, Params | None], Updates]) -> GradientTransformation:
-    """``u -> fn(u, params)``: a transformation without state from a function of the
-    whole updates tree (and the params, which may be ``None``)."""
-
-    def update_fn(updates, state, params=None, **extra):
-        del extra
-        return fn(updates, params), state
-
-    return GradientTransformation(init_empty_state, update_fn)
+    """The state of a transformation that keeps nothing."""
 
 
 def apply_updates(params: Params, updates: Updates) -> Params:

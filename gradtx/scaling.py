@@ -3,28 +3,21 @@ weight decay."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradtx import _checks, _tree
-from gradtx.base import (EmptyState, GradientTransformation, ScalarOrSchedule, Updates, identity,
-                         init_empty_state)
-from gradtx.combine import chain, fork
+from gradtx import _tree
+from gradtx.base import UpdateError, Updates
+from gradtx.combine import chain, fork, identity, renamed
+from gradtx.hyperparams import Decay, LearningRate, NonNegative, NonNegativeOrSchedule, Positive
 from gradtx.moments import bias_correct, scale_by_ema, second_moment
-from gradtx.numerics import abs_sq, ema, safe_increment, zero_count
+from gradtx.numerics import abs_sq, ema
+from gradtx.transform import Transformation, declare, elementwise, primitive
 
-
-def scale(step_size: float) -> GradientTransformation:
-    """``u -> step_size * u`` (the result keeps ``u``'s dtype)."""
-
-    def update_fn(updates, state, params=None, **extra):
-        del params, extra
-        return jax.tree.map(lambda g: _times(step_size, g), updates), state
-
-    return GradientTransformation(init_empty_state, update_fn)
+MaskOrFn = Optional[Union[Any, Callable[[Any], Any]]]
 
 
 def _times(step, g: jax.Array) -> jax.Array:
@@ -34,62 +27,54 @@ def _times(step, g: jax.Array) -> jax.Array:
     return jnp.asarray(step, dtype=g.dtype) * g
 
 
-class ScaleByScheduleState(NamedTuple):
-    count: jax.Array  # int32 step count, saturating
+@declare
+def scale(step_size: Any) -> Transformation:
+    """``u -> step_size * u`` (the result keeps ``u``'s dtype)."""
+    return elementwise(lambda g: _times(step_size, g))
 
 
-def scale_by_schedule(step_size_fn: Callable[[jax.Array], jax.Array]) -> GradientTransformation:
-    """``u -> step_size_fn(t) * u`` with ``t`` counting calls from 0."""
+@declare
+def scale_by_schedule(step_size_fn: Callable[[jax.Array], jax.Array]) -> Transformation:
+    """``u -> step_size_fn(t) * u`` with ``t`` the number of steps taken (from 0)."""
 
-    def init_fn(params):
-        del params
-        return ScaleByScheduleState(count=zero_count())
+    def apply(updates, state, step):
+        size = step_size_fn(step.count)
+        return jax.tree.map(lambda g: _times(size, g), updates), {}
 
-    def update_fn(updates, state, params=None, **extra):
-        del params, extra
-        step = step_size_fn(state.count)
-        updates = jax.tree.map(lambda g: _times(step, g), updates)
-        return updates, ScaleByScheduleState(count=safe_increment(state.count))
-
-    return GradientTransformation(init_fn, update_fn)
+    return primitive(apply, uses_count=True)
 
 
-def scale_by_learning_rate(learning_rate: ScalarOrSchedule, *, flip_sign: bool = True) -> GradientTransformation:
+@declare
+def scale_by_learning_rate(learning_rate: LearningRate, *, flip_sign: bool = True) -> Transformation:
     """``u -> -lr * u`` (``+lr * u`` with ``flip_sign=False``); ``lr`` a number or a
-    schedule ``step -> lr``."""
-    _checks.non_negative("scale_by_learning_rate", "learning_rate", learning_rate)
+    schedule ``step -> lr`` (which reads the step count)."""
     sign = -1 if flip_sign else 1
     if callable(learning_rate):
-        return scale_by_schedule(lambda count: sign * learning_rate(count))
+        schedule = learning_rate
+        return scale_by_schedule(lambda count: sign * schedule(count))
     return scale(sign * learning_rate)
 
 
-def sqrt_eps(eps: float = 0.0, eps_root: float = 0.0) -> GradientTransformation:
+@declare
+def sqrt_eps(eps: NonNegative = 0.0, eps_root: NonNegative = 0.0) -> Transformation:
     """``u -> sqrt(u + eps_root) + eps``: the denominator of every RMS-style method."""
-    _checks.non_negative("sqrt_eps", "eps", eps)
-    _checks.non_negative("sqrt_eps", "eps_root", eps_root)
-
-    def update_fn(updates, state, params=None, **extra):
-        del params, extra
-        return jax.tree.map(lambda v: jnp.sqrt(v + eps_root) + eps, updates), state
-
-    return GradientTransformation(init_empty_state, update_fn)
+    return elementwise(lambda v: jnp.sqrt(v + eps_root) + eps)
 
 
-def _rms_eps(eps: float, eps_in_sqrt: bool) -> dict[str, float]:
+def _rms_eps(eps, eps_in_sqrt: bool) -> dict[str, Any]:
     """Where ``eps`` goes: ``sqrt(v + eps)`` (optax, Keras) or ``sqrt(v) + eps`` (PyTorch)."""
     return {"eps_root": eps} if eps_in_sqrt else {"eps": eps}
 
 
-def scale_by_rms(decay: float = 0.9, eps: float = 1e-8, initial_scale: float = 0.0,
-                 eps_in_sqrt: bool = True, bias_correction: bool = False) -> GradientTransformation:
+@declare
+def scale_by_rms(decay: Decay = 0.9, eps: NonNegative = 1e-8, initial_scale: NonNegative = 0.0,
+                 eps_in_sqrt: bool = True, bias_correction: bool = False) -> Transformation:
     """``nu = decay * nu + (1 - decay) * |u|^2 ; u -> u / sqrt(nu + eps)``
     (``u / (sqrt(nu) + eps)`` with ``eps_in_sqrt=False``).
 
     Built as ``fork(identity, second_moment -> [bias_correct] -> sqrt_eps, join=divide)``.
+    State: ``nu`` (and ``count`` with ``bias_correction``).
     """
-    _checks.in_interval("scale_by_rms", "decay", decay)
-    _checks.non_negative("scale_by_rms", "eps", eps)
     return fork(
         identity(),
         chain(second_moment(decay, initial_scale),
@@ -108,11 +93,13 @@ def _variance(mean: jax.Array, mean_sq: jax.Array) -> jax.Array:
     return jnp.maximum(mean_sq - abs_sq(mean), 0)
 
 
-def scale_by_stddev(decay: float = 0.9, eps: float = 1e-8, initial_scale: float = 0.0,
-                    eps_in_sqrt: bool = True, bias_correction: bool = False) -> GradientTransformation:
-    """``mu = ema(u), nu = ema(|u|^2) ; u -> u / sqrt(nu - |mu|^2 + eps)`` (centered RMSprop)."""
-    _checks.in_interval("scale_by_stddev", "decay", decay)
-    _checks.non_negative("scale_by_stddev", "eps", eps)
+@declare
+def scale_by_stddev(decay: Decay = 0.9, eps: NonNegative = 1e-8, initial_scale: NonNegative = 0.0,
+                    eps_in_sqrt: bool = True, bias_correction: bool = False) -> Transformation:
+    """``mu = ema(u), nu = ema(|u|^2) ; u -> u / sqrt(nu - |mu|^2 + eps)`` (centered RMSprop).
+
+    State: ``mu, nu`` (and ``count`` with ``bias_correction``).
+    """
     unbias = bias_correct(decay) if bias_correction else identity()
     return fork(
         identity(),
@@ -123,111 +110,80 @@ def scale_by_stddev(decay: float = 0.9, eps: float = 1e-8, initial_scale: float 
         join=jnp.divide)
 
 
-class SumOfSquaresState(NamedTuple):
-    sum_of_squares: Updates  # s, the running sum of |u|^2
+@declare
+def scale_by_sum_of_squares(initial_accumulator_value: NonNegative = 0.1, eps: NonNegative = 1e-7
+                            ) -> Transformation:
+    """``s = s + |u|^2 ; u -> u / sqrt(s + eps)`` (0 where ``s == 0``): Adagrad's accumulator.
 
+    State: ``sum_of_squares``.
+    """
 
-def scale_by_sum_of_squares(initial_accumulator_value: float = 0.1, eps: float = 1e-7) -> GradientTransformation:
-    """``s = s + |u|^2 ; u -> u / sqrt(s + eps)`` (0 where ``s == 0``): Adagrad's accumulator."""
-    _checks.non_negative("scale_by_sum_of_squares", "initial_accumulator_value", initial_accumulator_value)
-    _checks.non_negative("scale_by_sum_of_squares", "eps", eps)
-
-    def init_fn(params):
-        return SumOfSquaresState(sum_of_squares=_tree.real_full_like(params, initial_accumulator_value))
-
-    def update_fn(updates, state, params=None, **extra):
-        del params, extra
-        _tree.check_match(updates, state.sum_of_squares, where="scale_by_sum_of_squares",
-                          what="state field `sum_of_squares`")
-        s = jax.tree.map(lambda g, t: (abs_sq(g) + t).astype(t.dtype), updates, state.sum_of_squares)
+    def apply(updates, state, step):
+        s = jax.tree.map(lambda g, t: (abs_sq(g) + t).astype(t.dtype), updates, state["sum_of_squares"])
         updates = jax.tree.map(
             lambda g, t: jnp.where(t > 0, jax.lax.rsqrt(t + eps), 0.0).astype(g.dtype) * g, updates, s)
-        return updates, SumOfSquaresState(sum_of_squares=s)
+        return updates, {"sum_of_squares": s}
 
-    return GradientTransformation(init_fn, update_fn)
-
-
-class UpdateRmsState(NamedTuple):
-    e_x: Updates  # the moving average of the squared outgoing updates, E[dx^2]
+    return primitive(apply, {"sum_of_squares": lambda p: _tree.real_full_like(p, initial_accumulator_value)})
 
 
-def scale_by_update_rms(decay: float = 0.9, eps: float = 1e-6) -> GradientTransformation:
+@declare
+def scale_by_update_rms(decay: Decay = 0.9, eps: NonNegative = 1e-6) -> Transformation:
     """``d = sqrt(e_x + eps) * u ; e_x = decay * e_x + (1 - decay) * |d|^2 ; u -> d``.
 
     Rescales by the RMS of its own past outputs: Adadelta's second stage, which gives the
-    update the units of the parameters (Zeiler 2012).
+    update the units of the parameters (Zeiler 2012). State: ``e_x``.
     """
-    _checks.in_interval("scale_by_update_rms", "decay", decay)
-    _checks.non_negative("scale_by_update_rms", "eps", eps)
 
-    def init_fn(params):
-        return UpdateRmsState(e_x=_tree.real_full_like(params))
+    def apply(updates, state, step):
+        deltas = jax.tree.map(lambda u, x: jnp.sqrt(x + eps).astype(u.dtype) * u, updates, state["e_x"])
+        e_x = jax.tree.map(lambda d, x: ema(abs_sq(d), x, decay).astype(x.dtype), deltas, state["e_x"])
+        return deltas, {"e_x": e_x}
 
-    def update_fn(updates, state, params=None, **extra):
-        del params, extra
-        _tree.check_match(updates, state.e_x, where="scale_by_update_rms", what="state field `e_x`")
-        deltas = jax.tree.map(lambda u, x: jnp.sqrt(x + eps).astype(u.dtype) * u, updates, state.e_x)
-        e_x = jax.tree.map(lambda d, x: ema(abs_sq(d), x, decay).astype(x.dtype), deltas, state.e_x)
-        return deltas, UpdateRmsState(e_x=e_x)
-
-    return GradientTransformation(init_fn, update_fn)
+    return primitive(apply, {"e_x": _tree.real_full_like})
 
 
-def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> GradientTransformation:
+@declare
+def scale_by_adadelta(rho: Decay = 0.9, eps: NonNegative = 1e-6) -> Transformation:
     """``u -> sqrt(e_x + eps) / sqrt(e_g + eps) * u`` with ``e_g = ema(|u|^2)`` and
-    ``e_x`` the average of past outputs: ``scale_by_rms(rho, eps) -> scale_by_update_rms(rho, eps)``."""
-    return chain(scale_by_rms(decay=rho, eps=eps, eps_in_sqrt=True),
+    ``e_x`` the average of past outputs: ``scale_by_rms(rho, eps) -> scale_by_update_rms(rho, eps)``.
+
+    State: ``e_g, e_x`` (optax's names; ``e_g`` is ``scale_by_rms``'s ``nu``).
+    """
+    return chain(renamed(scale_by_rms(decay=rho, eps=eps, eps_in_sqrt=True), nu="e_g"),
                  scale_by_update_rms(decay=rho, eps=eps))
 
 
-class WeightDecayScheduleState(NamedTuple):
-    count: jax.Array
-
-
-MaskOrFn = Optional[Union[Any, Callable[[Any], Any]]]
-
-
-def add_decayed_weights(weight_decay: ScalarOrSchedule = 0.0, mask: MaskOrFn = None) -> GradientTransformation:
+@declare
+def add_decayed_weights(weight_decay: NonNegativeOrSchedule = 0.0, mask: MaskOrFn = None) -> Transformation:
     """``u -> u + weight_decay * p`` (only where ``mask`` is True, when given).
 
     ``mask`` is a tree shaped like the params whose leaves are bools (or boolean arrays,
-    broadcast against the leaf), or a function ``params -> mask``.
+    broadcast against the leaf), or a function ``params -> mask``. A schedule
+    ``step -> weight_decay`` reads the step count.
     """
-    _checks.non_negative("add_decayed_weights", "weight_decay", weight_decay)
     scheduled = callable(weight_decay)
 
-    def init_fn(params):
-        del params
-        return WeightDecayScheduleState(count=zero_count()) if scheduled else EmptyState()
-
-    def update_fn(updates, state, params=None, **extra):
-        del extra
-        new_state = WeightDecayScheduleState(safe_increment(state.count)) if scheduled else state
+    def apply(updates, state, step):
         if isinstance(weight_decay, (int, float)) and weight_decay == 0.0:
-            return updates, new_state  # nothing to add: params are not needed
+            return updates, {}  # nothing to add: params are not needed
+        params = step.params
         if params is None:
-            raise ValueError("gradtx.add_decayed_weights: update() needs params "
-                             "(call update(updates, state, params)).")
-        wd = weight_decay(state.count) if scheduled else weight_decay
-        _tree.check_match(updates, params, where="add_decayed_weights", what="params")
+            raise UpdateError("update() needs params (call update(updates, state, params))")
+        wd = weight_decay(step.count) if callable(weight_decay) else weight_decay
         decay = lambda g, p: g + _times(wd, p).astype(g.dtype)  # noqa: E731
         if mask is None:
-            return jax.tree.map(decay, updates, params), new_state
+            return jax.tree.map(decay, updates, params), {}
         m = mask(params) if callable(mask) else mask
-        updates = jax.tree.map(lambda g, p, keep: _where_kept(keep, decay(g, p), g), updates, params, m)
-        return updates, new_state
+        return jax.tree.map(lambda g, p, keep: _where_kept(keep, decay(g, p), g), updates, params, m), {}
 
-    return GradientTransformation(init_fn, update_fn)
+    return primitive(apply, uses_count=scheduled)
 
 
-def scale_by_sign() -> GradientTransformation:
+@declare
+def scale_by_sign() -> Transformation:
     """``u -> sign(u)`` element-wise (Lion, signSGD)."""
-
-    def update_fn(updates, state, params=None, **extra):
-        del params, extra
-        return jax.tree.map(jnp.sign, updates), state
-
-    return GradientTransformation(init_empty_state, update_fn)
+    return elementwise(jnp.sign)
 
 
 def _where_kept(keep, kept: jax.Array, other: jax.Array) -> jax.Array:
@@ -238,15 +194,10 @@ def _where_kept(keep, kept: jax.Array, other: jax.Array) -> jax.Array:
     return jnp.where(keep, kept, other)
 
 
-def clip(max_delta: float) -> GradientTransformation:
+@declare
+def clip(max_delta: NonNegative) -> Transformation:
     """``u -> clip(u, -max_delta, max_delta)`` element-wise."""
-    _checks.non_negative("clip", "max_delta", max_delta)
-
-    def update_fn(updates, state, params=None, **extra):
-        del params, extra
-        return jax.tree.map(lambda g: jnp.clip(g, -max_delta, max_delta), updates), state
-
-    return GradientTransformation(init_empty_state, update_fn)
+    return elementwise(lambda g: jnp.clip(g, -max_delta, max_delta))
 
 
 def global_norm(updates: Updates) -> jax.Array:
@@ -254,15 +205,13 @@ def global_norm(updates: Updates) -> jax.Array:
     return jnp.sqrt(sum(jnp.sum(abs_sq(g)) for g in jax.tree.leaves(updates)))
 
 
-def clip_by_global_norm(max_norm: float) -> GradientTransformation:
+@declare
+def clip_by_global_norm(max_norm: Positive) -> Transformation:
     """``u -> u * max_norm / max(||u||, max_norm)`` with ``||u||`` the norm over all leaves."""
-    _checks.positive("clip_by_global_norm", "max_norm", max_norm)
 
-    def update_fn(updates, state, params=None, **extra):
-        del params, extra
+    def apply(updates, state, step):
         norm = global_norm(updates)
         keep = jnp.squeeze(norm < max_norm)
-        return jax.tree.map(
-            lambda g: jax.lax.select(keep, g, (g / norm.astype(g.dtype)) * max_norm), updates), state
+        return jax.tree.map(lambda g: jax.lax.select(keep, g, (g / norm.astype(g.dtype)) * max_norm), updates), {}
 
-    return GradientTransformation(init_empty_state, update_fn)
+    return primitive(apply)

@@ -5,22 +5,23 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from gradtx import _checks
 from gradtx.base import Schedule
+from gradtx.hyperparams import Decay, NonNegative, Positive, Real
+from gradtx.transform import declare
 
 
-def constant_schedule(value: float) -> Schedule:
+@declare
+def constant_schedule(value: Real) -> Schedule:
     """``t -> value``."""
     return lambda count: value
 
 
-def cosine_decay_schedule(init_value: float, decay_steps: int, alpha: float = 0.0,
-                          exponent: float = 1.0) -> Schedule:
+@declare
+def cosine_decay_schedule(init_value: Real, decay_steps: Positive, alpha: Decay = 0.0,
+                          exponent: Real = 1.0) -> Schedule:
     """``t -> init_value * ((1 - alpha) * c^exponent + alpha)``, with
     ``c = (1 + cos(pi * min(t, decay_steps) / decay_steps)) / 2`` (Loshchilov & Hutter 2017,
     without restarts); optax's arguments and numbers."""
-    _checks.positive("cosine_decay_schedule", "decay_steps", decay_steps)
-    _checks.in_interval("cosine_decay_schedule", "alpha", alpha)
     steps = float(decay_steps)
 
     def schedule(count):
@@ -31,12 +32,11 @@ def cosine_decay_schedule(init_value: float, decay_steps: int, alpha: float = 0.
     return schedule
 
 
-def triangular_schedule(base_value: float, max_value: float, step_size: int) -> Schedule:
+@declare
+def triangular_schedule(base_value: NonNegative, max_value: NonNegative, step_size: Positive) -> Schedule:
     """``t -> base + (max - base) * max(0, 1 - |t / step_size - 2 k + 1|)``, ``k = floor(1 + t /
     (2 step_size))``: the cyclical learning rate (Smith 2017), a triangle wave from
     ``base_value`` up to ``max_value`` and back every ``2 * step_size`` steps."""
-    _checks.non_negative("triangular_schedule", "base_value", base_value)
-    _checks.positive("triangular_schedule", "step_size", step_size)
     if not max_value >= base_value:
         raise ValueError(f"gradtx.triangular_schedule(max_value={max_value!r}): max_value must be "
                          f">= base_value ({base_value!r})")

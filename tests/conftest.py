@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 from typing import Any, Callable, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -116,7 +117,8 @@ def _contains_named_tuple(tree: Any) -> bool:
 
 
 def named_fields(state: Any) -> dict[str, list[Any]]:
-    """Every NamedTuple field in ``state`` by name, in depth-first order.
+    """Every NamedTuple field in ``state`` by name, in depth-first order (optax's states
+    nest them; a gradtx state is one record, so each name appears once).
 
     A field whose value holds further NamedTuples (a wrapper's ``inner_state``) is walked
     into; any other field's value (an array, or a params-shaped tree) is collected."""
@@ -140,68 +142,50 @@ def named_fields(state: Any) -> dict[str, list[Any]]:
     return dict(out)
 
 
-def replace_fields(state: Any, **values: Any) -> Any:
-    """``state`` with every NamedTuple field called ``name`` set to ``values[name]``."""
-    if _is_named_tuple(state):
-        return type(state)(*(values[name] if name in values else replace_fields(v, **values)
-                             for name, v in zip(state._fields, state)))
-    if isinstance(state, (tuple, list)):
-        return type(state)(replace_fields(v, **values) for v in state)
-    if isinstance(state, dict):
-        return {k: replace_fields(v, **values) for k, v in state.items()}
-    return state
+def leaf_atol(desired: Any, rtol: float) -> float:
+    """``rtol / 10 * max|desired|`` of a leaf: elements more than ten times smaller than
+    the leaf's largest (a momentum trace that happens to cross zero, where float32 rounding
+    of the larger terms dominates) are held to a tenth of the tolerance at the leaf's scale."""
+    desired = np.asarray(desired)
+    return rtol / 10 * float(np.max(np.abs(desired))) if desired.size else 0.0
 
 
 def assert_trees_close(actual: Any, desired: Any, rtol: float, what: str = "") -> None:
-    """Leaf by leaf ``|actual - desired| <= rtol * |desired| + atol`` (numpy's allclose),
-    with ``atol = rtol / 10 * max|desired|`` of the leaf: relative to each element, except
-    for elements more than ten times smaller than the leaf's largest (a momentum trace that
-    happens to cross zero, where float32 rounding of the larger terms dominates), which are
-    held to a tenth of the tolerance at the leaf's scale."""
-    assert jax.tree.structure(actual) == jax.tree.structure(desired), (
-        f"{what}: tree structures differ: {jax.tree.structure(actual)} vs {jax.tree.structure(desired)}")
+    """``chex.assert_trees_all_close`` leaf by leaf at ``rtol``, with each leaf's
+    ``atol = leaf_atol(desired leaf)``; every leaf finite; same structure and shapes."""
+    chex.assert_trees_all_equal_structs(actual, desired)
+    chex.assert_trees_all_equal_shapes(actual, desired)
     paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(desired)[0]]
     for path, a, d in zip(paths, jax.tree.leaves(actual), jax.tree.leaves(desired)):
-        a, d = np.asarray(a), np.asarray(d)
-        assert a.shape == d.shape, f"{what}{path}: shapes {a.shape} vs {d.shape}"
-        assert np.all(np.isfinite(a)), f"{what}{path}: not finite: {a}"
-        assert_close(a, d, rtol, err_msg=f"{what}{path}")
+        assert np.all(np.isfinite(np.asarray(a, np.complex128))), f"{what}{path}: not finite: {a}"
+        a64 = np.asarray(a).astype(np.result_type(np.asarray(a), np.float64))
+        d64 = np.asarray(d).astype(np.result_type(np.asarray(d), np.float64))
+        chex.assert_trees_all_close(a64, d64, rtol=rtol, atol=leaf_atol(d, rtol),
+                                    custom_message=f"{what}{path}")
 
 
-def assert_close(actual, desired, rtol: float, err_msg: str = "") -> None:
-    """numpy's ``assert_allclose`` with ``atol = rtol / 10 * max|desired|`` (see
-    ``assert_trees_close``)."""
-    actual, desired = np.asarray(actual), np.asarray(desired)
-    scale = float(np.max(np.abs(desired))) if desired.size else 0.0
-    np.testing.assert_allclose(actual.astype(np.result_type(actual, np.float64)),
-                               desired.astype(np.result_type(desired, np.float64)),
-                               rtol=rtol, atol=rtol / 10 * scale, err_msg=err_msg)
+def compare_states(gx_state: Any, ox_state: Any, rtol: float, *, renames: dict[str, str] | None = None,
+                   absent: Any = ()) -> list[str]:
+    """Compare a gradtx state (one record) with an optax state field by field name.
 
-
-def compare_states(gx_state: Any, ox_state: Any, rtol: float, *, rename: dict[str, str] | None = None,
-                   expected: set[str]) -> None:
-    """Compare a gradtx state with an optax state field by field name.
-
-    ``rename`` maps gradtx field names to optax's (e.g. ``{"nu": "e_g"}``). Every name in
-    ``expected`` must be in both states; every gradtx value under a name must equal every
-    optax value under that name (gradtx's Adam has two ``count``s, each equal to optax's)."""
-    rename = rename or {}
-    gx = collections.defaultdict(list)
-    for name, values in named_fields(gx_state).items():
-        gx[rename.get(name, name)].extend(values)
+    Every field of optax's state must be in gradtx's record (after ``renames``: gradtx
+    field -> optax field), except those in ``absent``; each optax value under a name (optax
+    may keep two ``count``s) must equal gradtx's. Returns the names compared."""
+    renames = renames or {}
+    gx = {renames.get(name, name): value for name, value in gx_state._asdict().items()}
     ox = named_fields(ox_state)
-    common = set(gx) & set(ox)
-    assert common == set(expected), (
-        f"fields in both states: {sorted(common)}, expected {sorted(expected)} "
-        f"(gradtx: {sorted(gx)}, optax: {sorted(ox)})")
-    for name in sorted(common):
-        for i, g in enumerate(gx[name]):
-            for j, o in enumerate(ox[name]):
-                if jnp.issubdtype(jnp.asarray(jax.tree.leaves(o)[0]).dtype, jnp.integer):
-                    for x, y in zip(jax.tree.leaves(g), jax.tree.leaves(o)):
-                        assert int(x) == int(y), f"state field {name}: gradtx #{i} {x} != optax #{j} {y}"
-                else:
-                    assert_trees_close(g, o, rtol, what=f"state field {name} (gradtx #{i}, optax #{j})")
+    compared = []
+    for name in sorted(ox):
+        if name not in gx:
+            assert name in absent, f"optax's state has field {name!r}, gradtx's {sorted(gx)} has not"
+            continue
+        compared.append(name)
+        for j, o in enumerate(ox[name]):
+            if jnp.issubdtype(jnp.asarray(jax.tree.leaves(o)[0]).dtype, jnp.integer):
+                chex.assert_trees_all_equal(gx[name], o, custom_message=f"state field {name} (optax #{j})")
+            else:
+                assert_trees_close(gx[name], o, rtol, what=f"state field {name} (optax #{j})")
+    return compared
 
 
 # --- fixtures -------------------------------------------------------------------------
@@ -230,9 +214,4 @@ def precision(request):
         yield Precision(jnp.float32, 1e-5)
 
 
-def schedule(count):
-    """A learning-rate schedule used by both libraries in the parity runs.
-
-    (No ``0.99**count``: eagerly, a float to the power of a concrete integer array compiles
-    one kernel per exponent value.)"""
-    return 0.05 * jnp.exp(-0.01 * count) + 0.01 * jnp.cos(0.1 * count)
+schedule = gradtx.registry.parity_schedule

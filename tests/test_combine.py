@@ -13,7 +13,7 @@ U = {"a": jnp.array([1.0, -2.0, 3.0]), "b": jnp.array(0.5)}
 def test_empty_chain_is_identity():
     tx = gradtx.chain()
     updates, state = tx.update(U, tx.init(U))
-    assert state == ()
+    assert state == gradtx.EmptyState()
     np.testing.assert_array_equal(updates["a"], U["a"])
 
 
@@ -44,7 +44,7 @@ def test_fork_feeds_the_same_updates_to_every_branch():
     """fork(scale(2), trace(0.5), scale(3), join=a - b + c) (closed form per step)."""
     tx = gradtx.fork(gradtx.scale(2.0), gradtx.trace(0.5), gradtx.scale(3.0), join=lambda a, b, c: a - b + c)
     state = tx.init(U)
-    assert isinstance(state, tuple) and len(state) == 3
+    assert state._fields == ("trace",)  # the branches' fields, merged
     out1, state = tx.update(U, state)
     out2, state = tx.update(U, state)
     np.testing.assert_allclose(out1["a"], 2 * U["a"] - U["a"] + 3 * U["a"])
@@ -54,7 +54,7 @@ def test_fork_feeds_the_same_updates_to_every_branch():
 def test_fork_needs_two_branches_and_a_join_function():
     with pytest.raises(ValueError, match="at least two branches"):
         gradtx.fork(gradtx.identity(), join=jnp.add)
-    with pytest.raises(ValueError, match="join"):
+    with pytest.raises(TypeError, match="join"):
         gradtx.fork(gradtx.identity(), gradtx.identity(), join=None)
 
 
@@ -80,3 +80,41 @@ def test_weight_decay_mask_of_bools_or_boolean_arrays(as_array):
     expected_w = 0.5 * (np.asarray(mask["w"]) if as_array else np.ones((2, 2)))
     np.testing.assert_array_equal(updates["w"], expected_w)
     np.testing.assert_array_equal(updates["b"], 0.0)
+
+
+def test_one_step_count_for_every_stage_that_reads_it():
+    """Two bias corrections and a schedule in one chain share one ``count`` (closed form:
+    at step t the output is ``u / (1 - 0.9^t) / (1 - 0.5^t) * (t - 1)``)."""
+    tx = gradtx.chain(gradtx.bias_correct(0.9), gradtx.bias_correct(0.5), gradtx.scale_by_schedule(lambda t: t))
+    state = tx.init(U)
+    assert state._fields == ("count",)
+    for t in range(1, 4):
+        out, state = tx.update(U, state)
+        np.testing.assert_allclose(out["a"], U["a"] / (1 - 0.9**t) / (1 - 0.5**t) * (t - 1), rtol=1e-6)
+    assert int(state.count) == 3
+
+
+def test_fields_of_one_name_from_two_stages_are_refused_at_build_time():
+    with pytest.raises(ValueError, match=r"^gradtx\.chain: two stages keep a state field named 'mu'.*renamed"):
+        gradtx.chain(gradtx.scale_by_ema(0.9), gradtx.scale_by_ema(0.5))
+
+
+def test_renamed_resolves_a_clash():
+    """Two averages in one chain (closed form: after one step of u, mu = 0.1 u and
+    mu_slow = 0.5 * 0.1 u)."""
+    tx = gradtx.chain(gradtx.scale_by_ema(0.9), gradtx.renamed(gradtx.scale_by_ema(0.5), mu="mu_slow"))
+    out, state = tx.update(U, tx.init(U))
+    assert state._fields == ("mu", "mu_slow")
+    np.testing.assert_allclose(state.mu_slow["a"], 0.05 * U["a"], rtol=1e-6)
+    np.testing.assert_allclose(out["a"], 0.05 * U["a"], rtol=1e-6)
+    with pytest.raises(ValueError, match="keeps no field 'nu'"):
+        gradtx.renamed(gradtx.scale_by_ema(0.5), nu="x")
+
+
+def test_optax_stage_keeps_its_state_in_a_field_named_after_its_factory():
+    import optax
+
+    tx = gradtx.chain(gradtx.trace(0.9), optax.scale_by_adam())
+    state = tx.init(U)
+    assert state._fields == ("trace", "scale_by_adam")
+    assert isinstance(state.scale_by_adam, optax.ScaleByAdamState)

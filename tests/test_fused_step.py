@@ -29,7 +29,7 @@ import optax
 import pytest
 
 import gradtx
-from gradtx import fused
+from gradtx.perf import fused, xla
 from test_performance_layouts import OPTIMIZERS, _assert_trees, _params, _plain, _run
 
 RTOL = 1e-10
@@ -116,7 +116,7 @@ def test_eager_call_is_the_plain_step(form):
 
 
 def test_sibling_fusion_is_off_by_default_on_cpu():
-    assert fused.fuses_sibling_outputs.__wrapped__("cpu") is ("xla_cpu_use_multi_output_fusion"
+    assert xla.fuses_sibling_outputs.__wrapped__("cpu") is ("xla_cpu_use_multi_output_fusion"
                                                              in os.environ.get("XLA_FLAGS", ""))
 
 
@@ -128,9 +128,9 @@ def test_sibling_fusion_is_off_by_default_on_cpu():
      "--xla_backend_extra_options=a=1,xla_cpu_use_multi_output_fusion --xla_dump_to=/tmp/x"),
 ])
 def test_flag_is_added_to_existing_flags(before, after):
-    assert fused._add_extra_option(before, fused.CPU_MULTI_OUTPUT_FUSION) == after
-    assert fused._extra_options_include(after, fused.CPU_MULTI_OUTPUT_FUSION)
-    assert not fused._extra_options_include(before, fused.CPU_MULTI_OUTPUT_FUSION)
+    assert xla._add_extra_option(before, xla.CPU_MULTI_OUTPUT_FUSION) == after
+    assert xla._extra_options_include(after, xla.CPU_MULTI_OUTPUT_FUSION)
+    assert not xla._extra_options_include(before, xla.CPU_MULTI_OUTPUT_FUSION)
 
 
 def test_enable_after_jax_started_fails_loudly(monkeypatch):

@@ -32,8 +32,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradtx.base import GradientTransformation, init_empty_state
+from gradtx.base import GradientTransformation, UpdateError
 from gradtx.numerics import abs_sq
+from gradtx.transform import Stage, Transformation, finish, named, primitive, stage_of, view
 
 Packed = dict  # {dtype name: 1-D array}
 
@@ -165,30 +166,31 @@ class Packing:
 
     # --- transformations that need the layout -----------------------------------------
 
-    def masked(self, inner: GradientTransformation, mask: Any) -> GradientTransformation:
+    def masked(self, inner: GradientTransformation, mask: Any) -> Transformation:
         """``u -> inner(u)`` on the leaves where ``mask`` is True, ``u`` elsewhere.
 
         The packed counterpart of ``optax.masked`` for element-wise ``inner``: the params
         come out the same as with ``optax.masked`` on the tree (the inner state is also
-        advanced on masked-out elements, where it is never used).
+        advanced on masked-out elements, where it is never used). Its state is ``inner``'s.
         """
         flat_mask = self.mask(mask)
+        stage = stage_of(inner)
 
-        def update_fn(updates, state, params=None, **extra):
-            new, state = inner.update(updates, state, params, **extra)
-            return {g: jnp.where(flat_mask[g], new[g], u) for g, u in updates.items()}, state
+        def apply(updates, state, step):
+            new, fields = stage.apply(updates, view(stage, state), step)
+            return {g: jnp.where(flat_mask[g], new[g], u) for g, u in updates.items()}, fields
 
-        return GradientTransformation(inner.init, update_fn)
+        return named("Packing.masked", finish(Stage(stage.fields, stage.uses_count, apply)))
 
     def scale_by_trust_ratio(self, min_norm: float = 0.0, trust_coefficient: float = 1.0,
-                             eps: float = 0.0) -> GradientTransformation:
+                             eps: float = 0.0) -> Transformation:
         """``u -> u * ||p|| / ||u||`` per leaf (1 where either norm is 0): LAMB's trust
         ratio, with optax's ``scale_by_trust_ratio`` arguments and numbers."""
 
-        def update_fn(updates, state, params=None, **extra):
-            del extra
+        def apply(updates, state, step):
+            params = step.params
             if params is None:
-                raise ValueError("gradtx.Packing.scale_by_trust_ratio: update() needs params")
+                raise UpdateError("update() needs params (call update(updates, state, params))")
             p_norm = self.leaf_norms(params)
             u_norm = self.leaf_norms(updates)
             ratio = {}
@@ -198,7 +200,7 @@ class Packing:
                 r = trust_coefficient * pn / (un + eps)
                 ratio[g] = jnp.where((pn == 0.0) | (un == 0.0), jnp.ones_like(r), r)
             scale = self.broadcast(ratio)
-            return {g: u * scale[g].astype(u.dtype) for g, u in updates.items()}, state
+            return {g: u * scale[g].astype(u.dtype) for g, u in updates.items()}, {}
 
-        return GradientTransformation(init_empty_state, update_fn)
+        return named("Packing.scale_by_trust_ratio", primitive(apply))
 
