@@ -2,27 +2,44 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# compat: a .pth path entry instead of setuptools' import-hook finder, so that type checkers
+# (mypy on a user's script, run from anywhere) find the installed gradtx and its py.typed.
+EDITABLE_MODE := --config-settings editable_mode=compat
 
-.PHONY: test demo mnist-figures bench bench-quick clean
+.PHONY: test lint demo mnist-figures bench bench-quick docs clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(VENV)/.test-deps: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[test]" $(EDITABLE_MODE)
+	touch $@
+
+$(VENV)/.lint-deps: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e ".[lint]" $(EDITABLE_MODE)
 	touch $@
 
 $(VENV)/.examples-deps: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e ".[examples]"
+	$(BIN)/pip install -q -e ".[examples]" $(EDITABLE_MODE)
 	touch $@
 
 $(VENV)/.bench-deps: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e ".[bench]"
+	$(BIN)/pip install -q -e ".[bench]" $(EDITABLE_MODE)
+	touch $@
+
+$(VENV)/.docs-deps: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e ".[docs]" $(EDITABLE_MODE)
 	touch $@
 
 test: $(VENV)/.test-deps
 	$(BIN)/python -m pytest -n 2 -q
+
+# ruff and mypy read their settings from pyproject.toml ([tool.ruff], [tool.mypy]: packages = gradtx).
+lint: $(VENV)/.lint-deps
+	$(BIN)/ruff check gradtx tests examples benchmarks docs
+	$(BIN)/ruff format --check gradtx
+	$(BIN)/mypy
 
 demo: $(VENV)/.examples-deps
 	$(BIN)/python -m examples.mnist --optimizers sgd,momentum,nesterov,rmsprop,adagrad,adadelta,adam --epochs 5 --source idx
@@ -35,6 +52,11 @@ bench: $(VENV)/.bench-deps
 
 bench-quick: $(VENV)/.bench-deps
 	$(BIN)/python -m benchmarks --quick
+
+# The generated pages (docs/gen_pages.py, committed), then the site into site/ (not committed).
+docs: $(VENV)/.docs-deps
+	$(BIN)/python docs/gen_pages.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) results

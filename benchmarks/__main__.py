@@ -17,7 +17,7 @@ import os
 # right after a torch step moved 23 GB/s instead of 32). Sleep instead of spinning.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import gradtx  # noqa: E402
+import gradtx
 
 # XLA:CPU's sibling multi-output fusion, which gradtx.update_and_apply needs to run a step
 # as one loop per leaf; it must be on before JAX starts. "optax" is compiled without it.
@@ -61,7 +61,11 @@ def jax_impls(tree: str) -> tuple[str, ...]:
 
 
 def md_table(header: list[str], rows: list[list]) -> str:
-    fmt = lambda v: f"{v:.3g}" if isinstance(v, float) and abs(v) < 100 else (f"{v:.0f}" if isinstance(v, float) else str(v))  # noqa: E731
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+        return str(v)
+
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -82,7 +86,8 @@ def run_group(opt: str, tree: str, cfg: dict) -> dict:
         pct = [100 * (c.bytes_per_step / t) / (tri.bytes_per_step / tt) for t, tt in zip(c.times, tri.times)]
         result["impls"][c.name] = {"ms": 1e3 * c.median, "GBps": c.bytes_per_step / c.median / 1e9,
                                    "pct_bw": statistics.median(pct), "faults_per_step": c.faults_per_step}
-    best = min((n for n in by if n.startswith("gradtx")), key=lambda n: by[n].median)
+    gradtx_names = [n for n in by if n.startswith("gradtx")]
+    best = min(gradtx_names, key=lambda n: by[n].median)  # noqa: F821 - `del by` below runs after min
     result["best_gradtx"] = best
     for ref in ("optax", "optax (MOF)", "torch fused", "torch foreach"):
         if ref in by:
@@ -127,10 +132,10 @@ def main() -> None:
 
 def render(report: dict) -> str:
     groups = report["groups"]
-    out = [f"Machine: {report['machine']['cpus']} CPUs, jax {report['machine']['jax']}, torch "
+    out = [(f"Machine: {report['machine']['cpus']} CPUs, jax {report['machine']['jax']}, torch "
            f"{report['machine']['torch']}; {'quick' if report['quick'] else 'full'} run, "
            f"{report['config']['rounds']} interleaved rounds, medians. XLA:CPU sibling multi-output fusion: "
-           f"{'on' if report.get('sibling_fusion') else 'off'} (\"optax\" compiled without it)."]
+           f"{'on' if report.get('sibling_fusion') else 'off'} (\"optax\" compiled without it).")]
     out.append("\n### Bandwidth (donated jitted triad `a = a + b + 2c`, float32)\n")
     out.append(md_table(["tree", "floats", "GB/s (median over groups)"],
                         [[t, n_floats(t), statistics.median(g["triad_GBps"] for k, g in groups.items()
@@ -147,7 +152,8 @@ def render(report: dict) -> str:
             rows.append([opt, tree, name, r["ms"], r["GBps"], f"{r['pct_bw']:.0f}%", r["faults_per_step"]])
         for name, dt in g.get("dropped_too_slow_s", {}).items():
             rows.append([opt, tree, name, 1e3 * dt, "-", "(dropped: one warm-up step)", "-"])
-    out.append(md_table(["optimizer", "tree", "implementation", "ms/step", "GB/s", "% of bandwidth", "faults/step"], rows))
+    out.append(md_table(["optimizer", "tree", "implementation", "ms/step", "GB/s", "% of bandwidth", "faults/step"],
+                        rows))
     out.append("\n### Interleaved ratios of step time (< 1: gradtx faster)\n")
     rows = []
     for key, g in groups.items():

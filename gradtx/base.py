@@ -25,10 +25,15 @@ import jax.numpy as jnp
 
 PyTree = Any
 Params = PyTree
+"""The parameters: any pytree of arrays (``None`` leaves pass through)."""
 Updates = PyTree
+"""Gradients going in, updates coming out: a pytree shaped like the params."""
 OptState = PyTree
+"""A transformation's state: for gradtx, one record of named fields (``AdamState``)."""
 Schedule = Callable[[jax.typing.ArrayLike], jax.typing.ArrayLike]
+"""``step -> value``, the step counted from 0."""
 ScalarOrSchedule = Union[float, jax.typing.ArrayLike, Schedule]
+"""A number, an array or a schedule (a learning rate, a weight decay)."""
 
 
 class UpdateError(ValueError):

@@ -16,7 +16,7 @@ Neither shows in the state: the fields of every stage are merged into one flat r
 (``count, mu, nu`` for Adam), with one step count that every stage reads. ``renamed``
 gives a stage's fields other names (two averages in one chain); ``named_chain`` keeps
 each stage's state apart under a name of its own, as optax's does.
-"""
+"""  # noqa: E501 - the diagram is wider than 120 columns
 
 from __future__ import annotations
 
@@ -25,8 +25,19 @@ from typing import Any, Callable
 import jax
 
 from gradtx.base import GradientTransformation
-from gradtx.transform import (Field, Stage, Step, Transformation, _Kept, declare, finish, merge_fields,
-                              primitive, stage_of, view)
+from gradtx.transform import (
+    Field,
+    Stage,
+    Step,
+    Transformation,
+    _Kept,
+    declare,
+    finish,
+    merge_fields,
+    primitive,
+    stage_of,
+    view,
+)
 
 
 def chain(*transforms: GradientTransformation) -> Transformation:
@@ -105,8 +116,10 @@ def renamed(transform: GradientTransformation, **names: str) -> Transformation:
     own = {k.name for k in inner.fields}
     unknown = sorted(set(names) - own)
     if unknown:
-        raise ValueError(f"gradtx.renamed: the transformation keeps no field {unknown[0]!r} "
-                         f"(its fields: {', '.join(sorted(own)) or 'none'})")
+        raise ValueError(
+            f"gradtx.renamed: the transformation keeps no field {unknown[0]!r} "
+            f"(its fields: {', '.join(sorted(own)) or 'none'})"
+        )
     fields = tuple(_Kept(names.get(k.name, k.name), k.field, k.owners) for k in inner.fields)
 
     def apply(updates, state, step: Step):

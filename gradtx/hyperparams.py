@@ -5,7 +5,7 @@ A factory's signature declares what each hyperparameter may be::
     @declare
     def adam(learning_rate: LearningRate, b1: DecayBelowOne = 0.9, ...) -> Transformation:
 
-``LearningRate`` is ``Annotated[ScalarOrSchedule, AtLeast(0, schedule=True)]``: a type
+``LearningRate`` is ``Annotated[ScalarOrSchedule, Interval(0.0, schedule=True)]``: a type
 checker sees a number, an array or a schedule, and ``declare`` (in ``gradtx.transform``)
 reads the constraint and checks the arguments the user passed, when the factory is
 called, once: the stages the factory builds inside it are not checked again. Messages
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, NoReturn, Optional
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +33,7 @@ from jax.typing import ArrayLike, DTypeLike
 from gradtx.base import ScalarOrSchedule
 
 
-def _fail(call: str, name: str, value: Any, rule: str, error: type = ValueError) -> None:
+def _fail(call: str, name: str, value: Any, rule: str, error: type = ValueError) -> NoReturn:
     raise error(f"gradtx.{call}({name}={value!r}): {name} must be {rule}")
 
 
@@ -84,8 +84,7 @@ class Interval:
     def rule(self) -> str:
         if self.high == float("inf"):
             return f"> {self.low:g}" if self.low_open else f">= {self.low:g}"
-        return (f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
-                f"{')' if self.high_open else ']'}")
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,13 +115,21 @@ Constraint = Any  # Interval | OneOf | InexactDtype: anything with check(call, n
 
 # The hyperparameter types used across gradtx (and by anyone declaring a transformation).
 LearningRate = Annotated[ScalarOrSchedule, Interval(0.0, schedule=True)]
+"""A learning rate: a number or array >= 0, or a schedule ``step -> lr``."""
 NonNegativeOrSchedule = Annotated[ScalarOrSchedule, Interval(0.0, schedule=True)]
+"""A number or array >= 0, or a schedule (a weight decay)."""
 Decay = Annotated[ArrayLike, Interval(0.0, 1.0)]
+"""An averaging factor in [0, 1]."""
 DecayBelowOne = Annotated[ArrayLike, Interval(0.0, 1.0, high_open=True)]
+"""An averaging factor in [0, 1): one whose bias correction ``1 - decay^t`` is never 0."""
 NonNegative = Annotated[ArrayLike, Interval(0.0)]
+"""A number or array >= 0 (an ``eps``, an initial value)."""
 Positive = Annotated[ArrayLike, Interval(0.0, low_open=True)]
+"""A number or array > 0."""
 Real = Annotated[ArrayLike, Interval(float("-inf"))]
+"""Any real number or array."""
 AccumulatorDtype = Annotated[Optional[DTypeLike], InexactDtype()]
+"""A floating or complex dtype for a state field, or ``None`` for the params' own."""
 
 
 def constraint_of(hint: Any) -> tuple[Constraint | None, bool]:

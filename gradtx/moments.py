@@ -24,8 +24,7 @@ def _ema_stage(decay, accumulator_dtype, output_decay=None) -> Transformation:
 
     def apply(updates, state, step):
         mu = jax.tree.map(lambda g, m: ema(g, m, decay), updates, state["mu"])
-        out = mu if output_decay is None else jax.tree.map(lambda g, m: ema(g, m, output_decay),
-                                                           updates, state["mu"])
+        out = mu if output_decay is None else jax.tree.map(lambda g, m: ema(g, m, output_decay), updates, state["mu"])
         return _tree.cast_like(out, updates), {"mu": _tree.cast(mu, accumulator_dtype)}
 
     return primitive(apply, {"mu": lambda params: _tree.zeros_like(params, dtype=accumulator_dtype)})
@@ -45,8 +44,7 @@ def scale_by_ema(decay: Decay, accumulator_dtype: AccumulatorDtype = None) -> Tr
 
 
 @declare
-def interpolated_ema(b1: Decay = 0.9, b2: Decay = 0.99, accumulator_dtype: AccumulatorDtype = None
-                     ) -> Transformation:
+def interpolated_ema(b1: Decay = 0.9, b2: Decay = 0.99, accumulator_dtype: AccumulatorDtype = None) -> Transformation:
     """``u -> (1 - b1) * u + b1 * mu ; mu = (1 - b2) * u + b2 * mu`` (Lion's momentum:
     the output blends the *previous* average with ``b1``, the average moves with ``b2``).
 
@@ -138,9 +136,7 @@ def infinity_norm(decay: Decay = 0.999, eps: NonNegative = 1e-8) -> Transformati
     """
 
     def apply(updates, state, step):
-        nu = jax.tree.map(lambda g, n: jnp.maximum(jnp.abs(g) + eps, decay * n).astype(n.dtype),
-                          updates, state["nu"])
+        nu = jax.tree.map(lambda g, n: jnp.maximum(jnp.abs(g) + eps, decay * n).astype(n.dtype), updates, state["nu"])
         return nu, {"nu": nu}
 
     return primitive(apply, {"nu": _tree.real_full_like})
-

@@ -51,7 +51,8 @@ def scale_by_learning_rate(learning_rate: LearningRate, *, flip_sign: bool = Tru
     sign = -1 if flip_sign else 1
     if callable(learning_rate):
         schedule = learning_rate
-        return scale_by_schedule(lambda count: sign * schedule(count))
+        # a Schedule returns an ArrayLike; scale_by_schedule's annotation (which the docs show) says Array
+        return scale_by_schedule(lambda count: sign * schedule(count))  # type: ignore[arg-type, return-value]
     return scale(sign * learning_rate)
 
 
@@ -67,8 +68,13 @@ def _rms_eps(eps, eps_in_sqrt: bool) -> dict[str, Any]:
 
 
 @declare
-def scale_by_rms(decay: Decay = 0.9, eps: NonNegative = 1e-8, initial_scale: NonNegative = 0.0,
-                 eps_in_sqrt: bool = True, bias_correction: bool = False) -> Transformation:
+def scale_by_rms(
+    decay: Decay = 0.9,
+    eps: NonNegative = 1e-8,
+    initial_scale: NonNegative = 0.0,
+    eps_in_sqrt: bool = True,
+    bias_correction: bool = False,
+) -> Transformation:
     """``nu = decay * nu + (1 - decay) * |u|^2 ; u -> u / sqrt(nu + eps)``
     (``u / (sqrt(nu) + eps)`` with ``eps_in_sqrt=False``).
 
@@ -77,10 +83,13 @@ def scale_by_rms(decay: Decay = 0.9, eps: NonNegative = 1e-8, initial_scale: Non
     """
     return fork(
         identity(),
-        chain(second_moment(decay, initial_scale),
-              bias_correct(decay) if bias_correction else identity(),
-              sqrt_eps(**_rms_eps(eps, eps_in_sqrt))),
-        join=jnp.divide)
+        chain(
+            second_moment(decay, initial_scale),
+            bias_correct(decay) if bias_correction else identity(),
+            sqrt_eps(**_rms_eps(eps, eps_in_sqrt)),
+        ),
+        join=jnp.divide,
+    )
 
 
 def _variance(mean: jax.Array, mean_sq: jax.Array) -> jax.Array:
@@ -94,25 +103,36 @@ def _variance(mean: jax.Array, mean_sq: jax.Array) -> jax.Array:
 
 
 @declare
-def scale_by_stddev(decay: Decay = 0.9, eps: NonNegative = 1e-8, initial_scale: NonNegative = 0.0,
-                    eps_in_sqrt: bool = True, bias_correction: bool = False) -> Transformation:
+def scale_by_stddev(
+    decay: Decay = 0.9,
+    eps: NonNegative = 1e-8,
+    initial_scale: NonNegative = 0.0,
+    eps_in_sqrt: bool = True,
+    bias_correction: bool = False,
+) -> Transformation:
     """``mu = ema(u), nu = ema(|u|^2) ; u -> u / sqrt(nu - |mu|^2 + eps)`` (centered RMSprop).
+
+    The variance ``nu - |mu|^2`` is clamped at 0, a deliberate difference from optax: it
+    can round below zero (always at t=1 with ``bias_correction``), where optax returns NaN.
+    Wherever optax's value is finite, gradtx's is the same.
 
     State: ``mu, nu`` (and ``count`` with ``bias_correction``).
     """
     unbias = bias_correct(decay) if bias_correction else identity()
     return fork(
         identity(),
-        chain(fork(chain(scale_by_ema(decay), unbias),
-                   chain(second_moment(decay, initial_scale), unbias),
-                   join=_variance),
-              sqrt_eps(**_rms_eps(eps, eps_in_sqrt))),
-        join=jnp.divide)
+        chain(
+            fork(
+                chain(scale_by_ema(decay), unbias), chain(second_moment(decay, initial_scale), unbias), join=_variance
+            ),
+            sqrt_eps(**_rms_eps(eps, eps_in_sqrt)),
+        ),
+        join=jnp.divide,
+    )
 
 
 @declare
-def scale_by_sum_of_squares(initial_accumulator_value: NonNegative = 0.1, eps: NonNegative = 1e-7
-                            ) -> Transformation:
+def scale_by_sum_of_squares(initial_accumulator_value: NonNegative = 0.1, eps: NonNegative = 1e-7) -> Transformation:
     """``s = s + |u|^2 ; u -> u / sqrt(s + eps)`` (0 where ``s == 0``): Adagrad's accumulator.
 
     State: ``sum_of_squares``.
@@ -121,7 +141,8 @@ def scale_by_sum_of_squares(initial_accumulator_value: NonNegative = 0.1, eps: N
     def apply(updates, state, step):
         s = jax.tree.map(lambda g, t: (abs_sq(g) + t).astype(t.dtype), updates, state["sum_of_squares"])
         updates = jax.tree.map(
-            lambda g, t: jnp.where(t > 0, jax.lax.rsqrt(t + eps), 0.0).astype(g.dtype) * g, updates, s)
+            lambda g, t: jnp.where(t > 0, jax.lax.rsqrt(t + eps), 0.0).astype(g.dtype) * g, updates, s
+        )
         return updates, {"sum_of_squares": s}
 
     return primitive(apply, {"sum_of_squares": lambda p: _tree.real_full_like(p, initial_accumulator_value)})
@@ -150,8 +171,9 @@ def scale_by_adadelta(rho: Decay = 0.9, eps: NonNegative = 1e-6) -> Transformati
 
     State: ``e_g, e_x`` (optax's names; ``e_g`` is ``scale_by_rms``'s ``nu``).
     """
-    return chain(renamed(scale_by_rms(decay=rho, eps=eps, eps_in_sqrt=True), nu="e_g"),
-                 scale_by_update_rms(decay=rho, eps=eps))
+    return chain(
+        renamed(scale_by_rms(decay=rho, eps=eps, eps_in_sqrt=True), nu="e_g"), scale_by_update_rms(decay=rho, eps=eps)
+    )
 
 
 @declare
@@ -197,7 +219,8 @@ def _where_kept(keep, kept: jax.Array, other: jax.Array) -> jax.Array:
 @declare
 def clip(max_delta: NonNegative) -> Transformation:
     """``u -> clip(u, -max_delta, max_delta)`` element-wise."""
-    return elementwise(lambda g: jnp.clip(g, -max_delta, max_delta))
+    # ArrayLike (NonNegative) includes numpy.bool, which has no unary minus; declare rejects it
+    return elementwise(lambda g: jnp.clip(g, -max_delta, max_delta))  # type: ignore[operator]
 
 
 def global_norm(updates: Updates) -> jax.Array:

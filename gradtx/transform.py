@@ -44,7 +44,7 @@ the gradients at leaf path ['head'] have shape (2, 4), the params and state have
 The finished object is a ``Transformation``: a ``GradientTransformation`` (the plain
 ``(init, update)`` NamedTuple that optax and Flax take) that also carries its stage, so
 that ``chain`` can merge it with others.
-"""
+"""  # noqa: E501 - a doctest output line is wider than 120 columns
 
 from __future__ import annotations
 
@@ -55,14 +55,13 @@ import inspect
 import re
 import sys
 import typing
-from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional, Sequence, TypeVar, cast
 
 import jax
 import jax.numpy as jnp
 
 from gradtx import hyperparams
-from gradtx.base import (EmptyState, GradientTransformation, Params, TreeMismatchError, UpdateError,
-                         Updates)
+from gradtx.base import EmptyState, GradientTransformation, Params, TreeMismatchError, UpdateError, Updates
 from gradtx.numerics import safe_increment, zero_count
 
 COUNT = "count"
@@ -125,8 +124,9 @@ class Transformation(GradientTransformation):
 # --- leaf stages ---------------------------------------------------------------------
 
 
-def primitive(apply: Apply, fields: Optional[Mapping[str, Field | Callable[[Params], Any]]] = None, *,
-              uses_count: bool = False) -> Transformation:
+def primitive(
+    apply: Apply, fields: Optional[Mapping[str, Field | Callable[[Params], Any]]] = None, *, uses_count: bool = False
+) -> Transformation:
     """A stage from its ``apply`` and the fields it keeps (``{"mu": init_fn}`` or
     ``{"mu": Field(init_fn, like_params=...)}``). Called inside a ``@declare`` factory,
     which names it."""
@@ -186,7 +186,8 @@ def merge_fields(stages: Sequence[Stage], where: str) -> tuple[_Kept, ...]:
                 raise ValueError(
                     f"gradtx.{where}: two stages keep a state field named {kept.name!r} "
                     f"({first[0]} and {(kept.owners[:1] or ('a stage',))[0]}); give one another "
-                    f"name with gradtx.renamed(stage, {kept.name}='...') or use gradtx.named_chain")
+                    f"name with gradtx.renamed(stage, {kept.name}='...') or use gradtx.named_chain"
+                )
             seen[kept.name] = kept
             out.append(kept)
     return tuple(out)
@@ -200,7 +201,7 @@ def view(stage: Stage, state: Mapping[str, Any]) -> dict[str, Any]:
 # --- records ------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def record_type(call: str, fields: tuple[str, ...]) -> type:
     """The NamedTuple of a transformation's state: ``AdamState(count, mu, nu)``.
 
@@ -249,13 +250,22 @@ def _state_values(label: str, stage: Stage, state: Any) -> dict[str, Any]:
         return dict(state)
     if not names and (state == () or getattr(state, "_fields", None) == ()):
         return {}
-    expected = (f"{{{', '.join(names)}}}" if stage.record is dict else
-                f"{record_type(label, names).__name__}({', '.join(names)})")
+    expected = (
+        f"{{{', '.join(names)}}}"
+        if stage.record is dict
+        else f"{record_type(label, names).__name__}({', '.join(names)})"
+    )
     if state is None:
-        raise UpdateError(f"update() got no state (None): pass the {expected} that init(params) returns "
-                          f"(call init before the first update)", (label,))
-    raise TreeMismatchError(f"the state is {_describe(state)}, not the {expected} that this "
-                            f"transformation's init(params) returns: pass its own state", (label,))
+        raise UpdateError(
+            f"update() got no state (None): pass the {expected} that init(params) returns "
+            f"(call init before the first update)",
+            (label,),
+        )
+    raise TreeMismatchError(
+        f"the state is {_describe(state)}, not the {expected} that this "
+        f"transformation's init(params) returns: pass its own state",
+        (label,),
+    )
 
 
 # --- finishing: a stage becomes an (init, update) pair ------------------------------------
@@ -281,7 +291,7 @@ def finish(stage: Stage) -> Transformation:
         except UpdateError as e:
             raise (e if stage.name else e.within(label)) from None
         if stage.uses_count:
-            new[COUNT] = safe_increment(count)
+            new[COUNT] = safe_increment(values[COUNT])
         return out, make(**{name: new[name] for name in names})
 
     t = Transformation(init_fn, update_fn)
@@ -294,7 +304,10 @@ def finish(stage: Stage) -> Transformation:
 _BUILDING: contextvars.ContextVar[int] = contextvars.ContextVar("gradtx_building", default=0)
 
 
-def declare(factory: Callable[..., Any]) -> Callable[..., Any]:
+_Factory = TypeVar("_Factory", bound=Callable[..., Any])
+
+
+def declare(factory: _Factory) -> _Factory:
     """Make ``factory`` a declared gradtx transformation (see the module docstring):
     check the hyperparameters the user passed against the constraints in its signature's
     types, once, and name the transformation it returns after it. (A factory of
@@ -321,7 +334,9 @@ def declare(factory: Callable[..., Any]) -> Callable[..., Any]:
             _BUILDING.reset(token)
         return named(call, built) if isinstance(built, GradientTransformation) else built
 
-    return declared
+    # The factory's own signature, for type checkers (functools.wraps gives it at runtime): the
+    # declared factory returns a Transformation where the factory returns a GradientTransformation.
+    return cast(_Factory, declared)
 
 
 def named(call: str, t: GradientTransformation) -> Transformation:
@@ -353,6 +368,7 @@ def _signature(tree: Any) -> tuple[dict[str, tuple], Any]:
 
 
 def _fast_match(updates: Any, trees: Iterator[Any]) -> bool:
+    u_def: jax.tree_util.PyTreeDef  # jaxlib ships no type stubs for it: this makes it Any
     u_leaves, u_def = jax.tree.flatten(updates)
     shapes = [jnp.shape(x) for x in u_leaves]
     for tree in trees:
@@ -367,10 +383,10 @@ def check_trees(label: str, stage: Stage, updates: Any, values: Mapping[str, Any
     params-shaped state fields have one tree structure and the same leaf shapes; the
     message names the tree at fault, the first leaf path that differs and the stage."""
     like = [k for k in stage.fields if k.field.like_params]
-    others = [values[k.name] for k in like] + ([] if params is None else [params])
-    if _fast_match(updates, iter(others)):
+    trees = [values[k.name] for k in like] + ([] if params is None else [params])
+    if _fast_match(updates, iter(trees)):
         return
-    parties = [("the gradients", "gradients", updates, None)]
+    parties: list[tuple[str, str, Any, _Kept | None]] = [("the gradients", "gradients", updates, None)]
     parties += [(f"state field `{k.name}`", "state", values[k.name], k) for k in like]
     if params is not None:
         parties.append(("the params", "params", params, None))
@@ -382,8 +398,11 @@ def check_trees(label: str, stage: Stage, updates: Any, values: Mapping[str, Any
     priority = {"params": 0, "state": 1, "gradients": 2}
     ref = keys[min(range(len(parties)), key=lambda i: (-votes[keys[i]], priority[parties[i][1]], i))]
     fault = next(i for i in range(len(parties)) if keys[i] != ref)
-    agreeing = [g for g in ("params", "state", "gradients")
-                if any(keys[i] == ref and parties[i][1] == g for i in range(len(parties)))]
+    agreeing = [
+        g
+        for g in ("params", "state", "gradients")
+        if any(keys[i] == ref and parties[i][1] == g for i in range(len(parties)))
+    ]
     others = "the " + " and ".join(agreeing)
     others_have = "has" if agreeing == ["state"] else "have"
     what, group, _, kept = parties[fault]
@@ -397,11 +416,11 @@ def check_trees(label: str, stage: Stage, updates: Any, values: Mapping[str, Any
     elif extra:
         detail = f"{what} {have} leaf path {extra[0]} that {others} {'lacks' if others_have == 'has' else 'lack'}"
     elif diff:
-        detail = (f"{what} at leaf path {diff[0]} {have} shape {got[diff[0]]}, "
-                  f"{others} {others_have} {want[diff[0]]}")
+        detail = f"{what} at leaf path {diff[0]} {have} shape {got[diff[0]]}, {others} {others_have} {want[diff[0]]}"
     else:
-        detail = (f"{what} {have} the leaf paths of {others} in other containers: "
-                  f"{_short(got_def)} vs {_short(want_def)}")
+        detail = (
+            f"{what} {have} the leaf paths of {others} in other containers: {_short(got_def)} vs {_short(want_def)}"
+        )
     if group == "state":
         detail += "; call init(params) on the tree you pass to update()"
     owners = kept.owners if kept is not None else (like[0].owners if like else ())

@@ -16,11 +16,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import (
+    assert_trees_close,
+    compare_states,
+    named_fields,
+    random_grads,
+    random_tree,
+    run_optax,
+    run_steps,
+)
 
 import gradtx
 from gradtx.registry import of_kind
-from conftest import compare_states, assert_trees_close, named_fields, random_grads, random_tree, run_optax, \
-    run_steps, schedule
 
 LR = 0.05
 BF16, F32, F64, C64 = jnp.bfloat16, jnp.float32, jnp.float64, jnp.complex64

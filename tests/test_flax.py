@@ -1,9 +1,9 @@
 """Flax integration: linen ``TrainState``, ``nnx.Optimizer``, Flax serialization, orbax
 checkpoints and resumed training.
 
-References: every gradtx optimizer is compared with the optax optimizer of the same name
-called with the same arguments (``averaged_momentum``, which optax lacks, with its
-definition ``optax.chain(optax.ema(beta, debias=False), optax.scale(-lr))``); parameter
+References: every optimizer of the registry is compared with its optax twin called with
+the same arguments (``averaged_momentum``, which optax lacks, with its definition
+``optax.chain(optax.ema(beta, debias=False), optax.scale(-lr))``); parameter
 trajectories in float32 must agree to rtol 1e-5 (atol 1e-7 where a parameter crosses
 zero). Round trips and resumed runs are compared with themselves and must be exact.
 """
@@ -23,6 +23,7 @@ from flax import nnx, serialization
 from flax.training import train_state
 
 import gradtx
+from gradtx.registry import BY_NAME, of_kind
 
 STEPS = 50
 RTOL = 1e-5
@@ -30,31 +31,36 @@ ATOL = 1e-7  # for the few entries that pass through zero (params are O(0.1))
 IN, HIDDEN, OUT, BATCH = 6, 16, 3, 8
 
 
-def same_name(name: str, label: str | None = None, **kwargs):
-    """``gradtx.<name>(**kwargs)`` against ``optax.<name>(**kwargs)``."""
-    return pytest.param(getattr(gradtx, name)(**kwargs), getattr(optax, name)(**kwargs), id=label or name)
+# For the optimizers that optax lacks: the optax chain of the same math.
+OPTAX_CHAINS = {
+    "averaged_momentum": lambda learning_rate, beta: optax.chain(optax.ema(beta, debias=False),
+                                                                 optax.scale(-learning_rate)),
+}
+
+
+def registry_case(entry, kwargs, label):
+    """``gradtx.<name>(**kwargs)`` against its optax twin (or ``OPTAX_CHAINS``) with the
+    same arguments."""
+    reference = entry.optax_factory(optax) if entry.optax else OPTAX_CHAINS[entry.name]
+    return pytest.param(entry.obj(**kwargs), reference(**kwargs), id=label)
+
+
+def _cases():
+    """Every registered optimizer at its first grid point, Nesterov and centered RMSprop
+    from their grids, and a user chain."""
+    cases = [registry_case(e, e.grid[0], e.name) for e in of_kind("optimizer")]
+    sgd, rmsprop = BY_NAME["sgd"], BY_NAME["rmsprop"]
+    cases.append(registry_case(sgd, next(kw for kw in sgd.grid if kw.get("nesterov")), "sgd-nesterov"))
+    cases.append(registry_case(rmsprop, next(kw for kw in rmsprop.grid if kw["centered"] and kw.get("nesterov")),
+                               "rmsprop-centered-nesterov"))
+    cases.append(pytest.param(gradtx.chain(gradtx.clip_by_global_norm(1.0), gradtx.adam(1e-2)),
+                              optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-2)), id="chain-clip-adam"))
+    return cases
 
 
 # Transformations are pure, so each is built once and shared by the tests below: the
 # jitted steps, whose cache keys include the transformation, then compile once per case.
-CASES = [
-    same_name("sgd", learning_rate=0.1),
-    same_name("sgd", "sgd-momentum", learning_rate=0.1, momentum=0.9),
-    same_name("sgd", "sgd-nesterov", learning_rate=0.1, momentum=0.9, nesterov=True),
-    pytest.param(gradtx.averaged_momentum(0.1, beta=0.9),
-                 optax.chain(optax.ema(0.9, debias=False), optax.scale(-0.1)),
-                 id="averaged_momentum"),
-    same_name("rmsprop", learning_rate=1e-2),
-    same_name("rmsprop", "rmsprop-centered", learning_rate=1e-2, centered=True),
-    same_name("rmsprop", "rmsprop-nesterov", learning_rate=1e-2, momentum=0.9, nesterov=True),
-    same_name("adagrad", learning_rate=0.1),
-    same_name("adadelta", learning_rate=1.0),
-    same_name("adam", learning_rate=1e-2),
-    same_name("adam", "nadam", learning_rate=1e-2, nesterov=True),
-    pytest.param(gradtx.chain(gradtx.clip_by_global_norm(1.0), gradtx.adam(1e-2)),
-                 optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-2)),
-                 id="chain-clip-adam"),
-]
+CASES = _cases()
 
 
 def batches(steps: int = STEPS) -> tuple[np.ndarray, np.ndarray]:

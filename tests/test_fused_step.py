@@ -27,10 +27,10 @@ import jax
 import jax.numpy as jnp
 import optax
 import pytest
+from test_performance_layouts import OPTIMIZERS, _assert_trees, _params, _plain, _run
 
 import gradtx
 from gradtx.perf import fused, xla
-from test_performance_layouts import OPTIMIZERS, _assert_trees, _params, _plain, _run
 
 RTOL = 1e-10
 MORE = {
@@ -167,7 +167,8 @@ for name, (make, _) in ALL.items():
     for _ in range(20):
         p, s = fused(jax.tree.map(jnp.copy, p), s, grads)
         q, r = plain(q, r, grads)
-    diff = max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b))) for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(q)))
+    diff = max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+               for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(q)))
     out[name] = {"array_fusions": arrays, "copies": copies, "max_rel_diff": diff}
 print(json.dumps(out))
 """

@@ -121,7 +121,7 @@ def test_tfds_path_through_mock_data(mock_tfds):
         assert dataset.source.startswith("tensorflow-datasets mnist")
         for split in (dataset.train, dataset.held_out):
             assert split.images.shape == (192, 28, 28, 1) and split.images.dtype == np.float32
-            assert -1.0 <= split.images.min() and split.images.max() <= 1.0
+            assert split.images.min() >= -1.0 and split.images.max() <= 1.0
             assert split.labels.dtype == np.int32 and set(split.labels) <= set(range(10))
 
 

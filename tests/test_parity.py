@@ -21,17 +21,26 @@ run time and catches nothing the other three do not.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import (
+    N_STEPS,
+    Precision,
+    assert_trees_close,
+    compare_states,
+    random_grads,
+    random_tree,
+    run_optax,
+    run_steps,
+    schedule,
+)
 
 import gradtx
-from conftest import (N_STEPS, Precision, assert_trees_close, compare_states, random_grads, random_tree,
-                      run_optax, run_steps, schedule)
 from gradtx.registry import Entry, of_kind
 
 
@@ -80,13 +89,13 @@ def mode(request):
         yield jit, Precision(jnp.float32, 1e-5)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _inputs(dtype_name: str):
     dtype = jnp.dtype(dtype_name)
     return random_tree(0, dtype, small=True), random_grads(1, N_STEPS, dtype, small=True)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _optax_run(case_id_: str, dtype_name: str, jit: bool):
     params, grads = _inputs(dtype_name)
     return run_optax(CASES[case_id_].optax(), params, grads, jit=jit)

@@ -20,12 +20,25 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import random_grads, random_tree, run_steps, schedule
 
 import gradtx
-from conftest import random_grads, random_tree, run_steps, schedule
-from gradtx import (add_decayed_weights, bias_correct, chain, fork, identity, nesterov_trace, renamed, scale_by_ema,
-                    scale_by_learning_rate, scale_by_sum_of_squares, scale_by_update_rms, second_moment,
-                    sqrt_eps, trace)
+from gradtx import (
+    add_decayed_weights,
+    bias_correct,
+    chain,
+    fork,
+    identity,
+    nesterov_trace,
+    renamed,
+    scale_by_ema,
+    scale_by_learning_rate,
+    scale_by_sum_of_squares,
+    scale_by_update_rms,
+    second_moment,
+    sqrt_eps,
+    trace,
+)
 from gradtx.numerics import ema
 
 LR = 0.05
@@ -100,7 +113,8 @@ STRUCTURES = [
     Built("adagrad", lambda: gradtx.adagrad(LR, 0.2, 1e-3),
           lambda: chain(scale_by_sum_of_squares(0.2, 1e-3), scale_by_learning_rate(LR))),
     Built("adadelta", lambda: gradtx.adadelta(LR, 0.8, 1e-4),
-          lambda: chain(add_decayed_weights(0.0), chain(renamed(rms(0.8, eps_root=1e-4), nu="e_g"), scale_by_update_rms(0.8, 1e-4)),
+          lambda: chain(add_decayed_weights(0.0),
+                        chain(renamed(rms(0.8, eps_root=1e-4), nu="e_g"), scale_by_update_rms(0.8, 1e-4)),
                         scale_by_learning_rate(LR))),
     Built("adadelta(weight_decay,mask,lr=None)",
           lambda: gradtx.adadelta(None, 0.8, 1e-4, weight_decay=0.1, weight_decay_mask=ndim_above_one),

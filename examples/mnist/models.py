@@ -34,7 +34,9 @@ def shifted_matmul_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rh
     does not.
     """
     del dimension_numbers, unused  # nnx.Conv passes NHWC x HWIO for 4-D inputs
-    ones = lambda d: d is None or all(v == 1 for v in d)
+    def ones(d):
+        return d is None or all(v == 1 for v in d)
+
     if not (ones(window_strides) and ones(lhs_dilation) and ones(rhs_dilation)
             and padding == "SAME" and feature_group_count == 1 and lhs.ndim == 4):
         raise ValueError("shifted_matmul_conv: supports 2-D convolutions with stride 1, no dilation, "
@@ -55,7 +57,9 @@ class CNN(nnx.Module):
         self.dense2 = nnx.Linear(256, 10, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        pool = lambda y: nnx.avg_pool(y, window_shape=(2, 2), strides=(2, 2))
+        def pool(y):
+            return nnx.avg_pool(y, window_shape=(2, 2), strides=(2, 2))
+
         x = pool(nnx.relu(self.conv1(x)))
         x = pool(nnx.relu(self.conv2(x)))
         x = x.reshape(x.shape[0], -1)

@@ -92,7 +92,9 @@ def update_readme(readme: Path, results_md: Path, plot: Path) -> None:
     if not pattern.search(text):
         raise ValueError(f"{readme}: no block between {README_BEGIN!r} and {README_END!r} to replace")
     base = readme.resolve().parent
-    rel = lambda p: Path(os.path.relpath(p.resolve(), base)).as_posix()
+    def rel(p):
+        return Path(os.path.relpath(p.resolve(), base)).as_posix()
+
     block = (f"{README_BEGIN}\n{results_md.read_text().strip()}\n\n"
              f"![training loss of each optimizer]({rel(plot)})\n{README_END}")
     readme.write_text(pattern.sub(lambda _: block, text))

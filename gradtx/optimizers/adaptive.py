@@ -7,16 +7,30 @@ from typing import Optional
 from gradtx.combine import chain, identity
 from gradtx.hyperparams import Decay, LearningRate, NonNegative, NonNegativeOrSchedule
 from gradtx.optimizers.sgd import momentum_stage
-from gradtx.scaling import (MaskOrFn, add_decayed_weights, scale_by_adadelta, scale_by_learning_rate,
-                            scale_by_rms, scale_by_stddev, scale_by_sum_of_squares)
+from gradtx.scaling import (
+    MaskOrFn,
+    add_decayed_weights,
+    scale_by_adadelta,
+    scale_by_learning_rate,
+    scale_by_rms,
+    scale_by_stddev,
+    scale_by_sum_of_squares,
+)
 from gradtx.transform import Transformation, declare
 
 
 @declare
-def rmsprop(learning_rate: LearningRate, decay: Decay = 0.9, eps: NonNegative = 1e-8,
-            initial_scale: NonNegative = 0.0, eps_in_sqrt: bool = True, centered: bool = False,
-            momentum: Optional[Decay] = None, nesterov: bool = False,
-            bias_correction: bool = False) -> Transformation:
+def rmsprop(
+    learning_rate: LearningRate,
+    decay: Decay = 0.9,
+    eps: NonNegative = 1e-8,
+    initial_scale: NonNegative = 0.0,
+    eps_in_sqrt: bool = True,
+    centered: bool = False,
+    momentum: Optional[Decay] = None,
+    nesterov: bool = False,
+    bias_correction: bool = False,
+) -> Transformation:
     """RMSprop (Hinton's lecture 6e): ``s = decay * s + (1 - decay) * g^2 ;
     p = p - lr * g / sqrt(s + eps)``.
 
@@ -37,15 +51,18 @@ def rmsprop(learning_rate: LearningRate, decay: Decay = 0.9, eps: NonNegative = 
     """
     precondition = scale_by_stddev if centered else scale_by_rms
     return chain(
-        precondition(decay=decay, eps=eps, initial_scale=initial_scale, eps_in_sqrt=eps_in_sqrt,
-                     bias_correction=bias_correction),
+        precondition(
+            decay=decay, eps=eps, initial_scale=initial_scale, eps_in_sqrt=eps_in_sqrt, bias_correction=bias_correction
+        ),
         scale_by_learning_rate(learning_rate),
-        momentum_stage(momentum, nesterov))
+        momentum_stage(momentum, nesterov),
+    )
 
 
 @declare
-def adagrad(learning_rate: LearningRate, initial_accumulator_value: NonNegative = 0.1,
-            eps: NonNegative = 1e-7) -> Transformation:
+def adagrad(
+    learning_rate: LearningRate, initial_accumulator_value: NonNegative = 0.1, eps: NonNegative = 1e-7
+) -> Transformation:
     """Adagrad (Duchi et al. 2011): ``s = s + g^2 ; p = p - lr * g / sqrt(s + eps)``,
     with ``s`` starting at ``initial_accumulator_value`` (optax and TensorFlow: 0.1;
     PyTorch: 0).
@@ -62,8 +79,13 @@ def adagrad(learning_rate: LearningRate, initial_accumulator_value: NonNegative 
 
 
 @declare
-def adadelta(learning_rate: Optional[LearningRate] = 1.0, rho: Decay = 0.9, eps: NonNegative = 1e-6,
-             weight_decay: NonNegativeOrSchedule = 0.0, weight_decay_mask: MaskOrFn = None) -> Transformation:
+def adadelta(
+    learning_rate: Optional[LearningRate] = 1.0,
+    rho: Decay = 0.9,
+    eps: NonNegative = 1e-6,
+    weight_decay: NonNegativeOrSchedule = 0.0,
+    weight_decay_mask: MaskOrFn = None,
+) -> Transformation:
     """Adadelta (Zeiler 2012)::
 
         e_g = rho * e_g + (1 - rho) * g^2
@@ -88,4 +110,5 @@ def adadelta(learning_rate: Optional[LearningRate] = 1.0, rho: Decay = 0.9, eps:
     return chain(
         add_decayed_weights(weight_decay, mask=weight_decay_mask),
         scale_by_adadelta(rho=rho, eps=eps),
-        identity() if learning_rate is None else scale_by_learning_rate(learning_rate))
+        identity() if learning_rate is None else scale_by_learning_rate(learning_rate),
+    )

@@ -11,7 +11,7 @@ from gradtx.scaling import scale_by_learning_rate
 from gradtx.transform import Transformation, declare
 
 
-def momentum_stage(momentum: Optional[float], nesterov: bool, accumulator_dtype=None) -> Transformation:
+def momentum_stage(momentum: Optional[Decay], nesterov: bool, accumulator_dtype=None) -> Transformation:
     """The optional momentum stage: none, heavy-ball ``trace`` or ``nesterov_trace``."""
     if momentum is None:
         return identity()
@@ -19,8 +19,12 @@ def momentum_stage(momentum: Optional[float], nesterov: bool, accumulator_dtype=
 
 
 @declare
-def sgd(learning_rate: LearningRate, momentum: Optional[Decay] = None, nesterov: bool = False,
-        accumulator_dtype: AccumulatorDtype = None) -> Transformation:
+def sgd(
+    learning_rate: LearningRate,
+    momentum: Optional[Decay] = None,
+    nesterov: bool = False,
+    accumulator_dtype: AccumulatorDtype = None,
+) -> Transformation:
     """Stochastic gradient descent, with optional heavy-ball or Nesterov momentum.
 
     Without momentum: ``p = p - lr * g``.
@@ -42,8 +46,9 @@ def sgd(learning_rate: LearningRate, momentum: Optional[Decay] = None, nesterov:
 
 
 @declare
-def averaged_momentum(learning_rate: LearningRate, beta: Decay = 0.9,
-                      accumulator_dtype: AccumulatorDtype = None) -> Transformation:
+def averaged_momentum(
+    learning_rate: LearningRate, beta: Decay = 0.9, accumulator_dtype: AccumulatorDtype = None
+) -> Transformation:
     """Momentum in its averaged form (Ng's course): ``v = beta * v + (1 - beta) * g ;
     p = p - lr * v``.
 

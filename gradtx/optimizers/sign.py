@@ -10,8 +10,14 @@ from gradtx.transform import Transformation, declare
 
 
 @declare
-def lion(learning_rate: LearningRate, b1: Decay = 0.9, b2: Decay = 0.99, mu_dtype: AccumulatorDtype = None,
-         weight_decay: NonNegativeOrSchedule = 1e-3, mask: MaskOrFn = None) -> Transformation:
+def lion(
+    learning_rate: LearningRate,
+    b1: Decay = 0.9,
+    b2: Decay = 0.99,
+    mu_dtype: AccumulatorDtype = None,
+    weight_decay: NonNegativeOrSchedule = 1e-3,
+    mask: MaskOrFn = None,
+) -> Transformation:
     """Lion (Chen et al. 2023)::
 
         c = sign((1 - b1) * g + b1 * m)
@@ -28,5 +34,9 @@ def lion(learning_rate: LearningRate, b1: Decay = 0.9, b2: Decay = 0.99, mu_dtyp
     >>> updates
     Array([-0.001,  0.001], dtype=float32)
     """
-    return chain(interpolated_ema(b1, b2, accumulator_dtype=mu_dtype), scale_by_sign(),
-                 add_decayed_weights(weight_decay, mask), scale_by_learning_rate(learning_rate))
+    return chain(
+        interpolated_ema(b1, b2, accumulator_dtype=mu_dtype),
+        scale_by_sign(),
+        add_decayed_weights(weight_decay, mask),
+        scale_by_learning_rate(learning_rate),
+    )

@@ -38,14 +38,17 @@ import jax.numpy as jnp
 from gradtx.base import GradientTransformation, apply_updates
 from gradtx.perf.xla import fuses_sibling_outputs
 
+
 def _times_one(tree: Any, one: jax.Array) -> Any:
     """The same values as new XLA values: every floating array times ``one``, a 1 that
     comes out of an optimization barrier (exact: ``x * 1 == x``), so that XLA cannot
     merge a computation on them with the same computation on the originals."""
+
     def times_one(x):
         if isinstance(x, jax.Array) and x.ndim and jnp.issubdtype(x.dtype, jnp.floating):
             return x * one.astype(x.dtype)
         return x  # complex (x * (1+0j) may flip the sign of a zero), integers, scalars
+
     return jax.tree.map(times_one, tree)
 
 
@@ -53,10 +56,11 @@ def _state_groups(state: Any, params: Any) -> list[int]:
     """For each state leaf, the group it is computed in: ``k >= 1`` for the leaves of the
     k-th params-shaped field of the state (``mu``, ``nu``, ``trace``, ...), 0 for the rest
     (step counts, scalars)."""
-    p_def = jax.tree.structure(params)
+    p_def: jax.tree_util.PyTreeDef = jax.tree.structure(params)
 
     def is_field(x):
         return jax.tree.structure(x) == p_def and any(jnp.ndim(v) for v in jax.tree.leaves(x))
+
     groups, k = [], 0
     for item in jax.tree.leaves(state, is_leaf=is_field):
         n = len(jax.tree.leaves(item))
@@ -91,6 +95,7 @@ def update_and_apply(tx: GradientTransformation) -> Callable:
     (``clip_by_global_norm``, per-leaf norms) work too; their reductions are computed
     once per copy.
     """
+
     def step(params, state, grads, **extra):
         traced = any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(grads))
         if not (traced and fuses_sibling_outputs()):
@@ -102,9 +107,10 @@ def update_and_apply(tx: GradientTransformation) -> Callable:
 
         def copy_of_step(k):
             return tx.update(_times_one(grads, ones[k]), _times_one(state, ones[k]), params, **extra)
+
         state_of_group = [jax.tree.leaves(copy_of_step(k)[1]) for k in range(n_groups)]
-        new_state = jax.tree.unflatten(
-            jax.tree.structure(state), [state_of_group[k][i] for i, k in enumerate(groups)])
+        new_state = jax.tree.unflatten(jax.tree.structure(state), [state_of_group[k][i] for i, k in enumerate(groups)])
         updates, _ = copy_of_step(n_groups)
         return apply_updates(params, updates), new_state
+
     return step

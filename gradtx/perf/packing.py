@@ -4,7 +4,7 @@ dtype, with the per-leaf view rebuilt (static slices + reshape) only where it is
 Why: a tree of 2,000 small leaves costs 2,000 buffers per array in the step (8,000 for
 Adam's params, grads, mu and nu), each handled by the host on every call, and one XLA
 fusion per leaf and output. Packed, the same step is a handful of buffers and a handful
-of fusions; compiling it does not depend on the number of leaves.
+of fusions; compiling it does not depend on the number of leaves::
 
     tree {a: (3, 4) f32, b: (5,) f32, n: () i32}
         │ Packing(tree)                         static: offsets, shapes, dtypes
@@ -68,15 +68,19 @@ class Packing:
     """
 
     def __init__(self, tree: Any):
-        leaves_with_path, self.treedef = jax.tree_util.tree_flatten_with_path(tree)
+        leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(tree)
+        self.treedef: jax.tree_util.PyTreeDef = treedef  # jaxlib ships no type stubs for it: Any
         offsets: dict[str, int] = {}
         slots = []
         for path, leaf in leaves_with_path:
             dtype = jnp.dtype(leaf.dtype)
             group = dtype.name
             size = int(np.prod(leaf.shape, dtype=np.int64))
-            slots.append(LeafSlot(jax.tree_util.keystr(path) or "<root>", tuple(leaf.shape), dtype,
-                                  group, offsets.get(group, 0), size))
+            slots.append(
+                LeafSlot(
+                    jax.tree_util.keystr(path) or "<root>", tuple(leaf.shape), dtype, group, offsets.get(group, 0), size
+                )
+            )
             offsets[group] = offsets.get(group, 0) + size
         self.slots: tuple[LeafSlot, ...] = tuple(slots)
         self.sizes: dict[str, int] = offsets
@@ -94,25 +98,29 @@ class Packing:
         parts: dict[str, list] = {g: [] for g in self.sizes}
         for slot, leaf in zip(self.slots, leaves):
             parts[slot.group].append(jnp.ravel(jnp.asarray(leaf, slot.dtype)))
-        return {g: (jnp.concatenate(xs) if len(xs) > 1 else xs[0]) if xs else jnp.zeros(0)
-                for g, xs in parts.items()}
+        return {g: (jnp.concatenate(xs) if len(xs) > 1 else xs[0]) if xs else jnp.zeros(0) for g, xs in parts.items()}
 
     def unpack(self, packed: Packed) -> Any:
         """The per-leaf view: static slices of the buffers, reshaped (free inside jit)."""
         self._check(packed)
-        leaves = [jax.lax.slice(packed[s.group], (s.offset,), (s.offset + s.size,)).reshape(s.shape)
-                  for s in self.slots]
+        leaves = [
+            jax.lax.slice(packed[s.group], (s.offset,), (s.offset + s.size,)).reshape(s.shape) for s in self.slots
+        ]
         return self.treedef.unflatten(leaves)
 
     def _check(self, packed: Packed) -> None:
         if not isinstance(packed, dict) or set(packed) != set(self.sizes):
             got = sorted(packed) if isinstance(packed, dict) else type(packed).__name__
-            raise ValueError(f"gradtx.Packing: expected a packed dict with keys {sorted(self.sizes)}, "
-                             f"got {got}. Build it with packing.pack(tree).")
+            raise ValueError(
+                f"gradtx.Packing: expected a packed dict with keys {sorted(self.sizes)}, "
+                f"got {got}. Build it with packing.pack(tree)."
+            )
         for g, n in self.sizes.items():
             if jnp.shape(packed[g]) != (n,):
-                raise ValueError(f"gradtx.Packing: buffer {g!r} has shape {jnp.shape(packed[g])}, "
-                                 f"the layout needs ({n},). Was it packed with a different Packing?")
+                raise ValueError(
+                    f"gradtx.Packing: buffer {g!r} has shape {jnp.shape(packed[g])}, "
+                    f"the layout needs ({n},). Was it packed with a different Packing?"
+                )
 
     # --- per-leaf quantities on the packed buffers ------------------------------------
 
@@ -129,8 +137,7 @@ class Packing:
         out = {}
         for g, buf in packed.items():
             n = sum(1 for s in self.slots if s.group == g)
-            out[g] = jax.ops.segment_sum(fn(buf), self.segment_ids(g), num_segments=n,
-                                         indices_are_sorted=True)
+            out[g] = jax.ops.segment_sum(fn(buf), self.segment_ids(g), num_segments=n, indices_are_sorted=True)
         return out
 
     def leaf_norms(self, packed: Packed) -> Packed:
@@ -139,7 +146,7 @@ class Packing:
 
     def per_leaf_tree(self, per_leaf: Packed) -> Any:
         """``{group: values}`` (one value per leaf) back as a tree of scalars."""
-        index = {g: 0 for g in self.sizes}
+        index = dict.fromkeys(self.sizes, 0)
         leaves = []
         for s in self.slots:
             leaves.append(per_leaf[s.group][index[s.group]])
@@ -148,8 +155,7 @@ class Packing:
 
     def broadcast(self, per_leaf: Packed) -> Packed:
         """One value per leaf -> that value on every element of the leaf."""
-        return {g: jnp.take(v, self.segment_ids(g), indices_are_sorted=True, mode="clip")
-                for g, v in per_leaf.items()}
+        return {g: jnp.take(v, self.segment_ids(g), indices_are_sorted=True, mode="clip") for g, v in per_leaf.items()}
 
     def mask(self, mask: Any) -> Packed:
         """A per-leaf mask (a tree of bools shaped like the params, or a function
@@ -182,8 +188,9 @@ class Packing:
 
         return named("Packing.masked", finish(Stage(stage.fields, stage.uses_count, apply)))
 
-    def scale_by_trust_ratio(self, min_norm: float = 0.0, trust_coefficient: float = 1.0,
-                             eps: float = 0.0) -> Transformation:
+    def scale_by_trust_ratio(
+        self, min_norm: float = 0.0, trust_coefficient: float = 1.0, eps: float = 0.0
+    ) -> Transformation:
         """``u -> u * ||p|| / ||u||`` per leaf (1 where either norm is 0): LAMB's trust
         ratio, with optax's ``scale_by_trust_ratio`` arguments and numbers."""
 
@@ -203,4 +210,3 @@ class Packing:
             return {g: u * scale[g].astype(u.dtype) for g, u in updates.items()}, {}
 
         return named("Packing.scale_by_trust_ratio", primitive(apply))
-
