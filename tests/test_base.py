@@ -3,6 +3,7 @@ structural compatibility with optax (reference: optax 0.2.8)."""
 
 import re
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,7 +18,7 @@ GRADS = jax.tree.map(lambda p: 0.3 * p - 0.2, PARAMS)
 
 
 def _close(a, b, rtol=1e-6):
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=0), a, b)
+    chex.assert_trees_all_close(a, b, rtol=rtol, atol=0)
 
 
 def test_transformation_is_a_two_field_named_tuple_like_optax():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -76,17 +77,14 @@ def cross_entropy(logits, labels):
 
 
 def assert_trees_close(actual, expected):
-    assert jax.tree.structure(actual) == jax.tree.structure(expected)
-    jax.tree.map(lambda a, e: np.testing.assert_allclose(a, e, rtol=RTOL, atol=ATOL), actual, expected)
+    chex.assert_trees_all_close(actual, expected, rtol=RTOL, atol=ATOL)
 
 
 def assert_trees_equal(actual, expected):
-    """Same tree structure (so NamedTuples are still the same NamedTuples), same dtypes,
-    bit-identical values."""
-    assert jax.tree.structure(actual) == jax.tree.structure(expected)
-    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
-        assert np.asarray(a).dtype == np.asarray(e).dtype
-        np.testing.assert_array_equal(a, e)
+    """Same tree structure (so NamedTuples are still the same NamedTuples), same dtypes
+    and shapes, bit-identical values."""
+    chex.assert_trees_all_equal_structs(actual, expected)
+    chex.assert_trees_all_equal(actual, expected, strict=True)
 
 
 # ----------------------------------------------------------------------------- linen

@@ -12,6 +12,7 @@ References and tolerances (``update_and_apply`` on the packed layout: test_fused
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -61,11 +62,12 @@ def _run(step, params, state, steps=STEPS, grad=_grad, to_tree=lambda p: p):
 
 
 def _assert_trees(a, b, rtol=0.0):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        if rtol == 0.0:
-            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-        else:
-            np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=0)
+    """Leaf by leaf (the packed and the tree layouts have other containers): bitwise, or
+    to ``rtol``."""
+    if rtol == 0.0:
+        chex.assert_trees_all_equal(jax.tree.leaves(a), jax.tree.leaves(b))
+    else:
+        chex.assert_trees_all_close(jax.tree.leaves(a), jax.tree.leaves(b), rtol=rtol, atol=0)
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,7 @@
+"""The registry's rows, by family, beside the core table in ``gradtx/registry.py``.
+
+Each module defines ``ROWS``, a list of ``gradtx.registry.Entry``; ``registry.ENTRIES``
+is the core table followed by these, in the order of ``FAMILIES``. One table, kept in a
+few files so that a family's rows sit in one place."""
+
+FAMILIES = ("adam_variants", "layerwise", "sgd_variants", "factored")
