@@ -2,6 +2,7 @@
 
     python -m benchmarks            # full run (a few minutes)
     python -m benchmarks --quick    # under a minute: fewer optimizers, trees and rounds
+    python -m benchmarks --optimizers radam,signum --trees resnet50 --no-e2e   # a subset
 
 Never fails on timing: the numbers are reported, not asserted. Candidates of one group
 (one optimizer on one tree) run interleaved, one step each per round, and ratios are
@@ -32,10 +33,12 @@ import time  # noqa: E402
 
 import jax  # noqa: E402
 
-from benchmarks import e2e, steps  # noqa: E402
+from benchmarks import e2e, state_size, steps  # noqa: E402
 from benchmarks.timing import Candidate, interleave, ratios  # noqa: E402
 from benchmarks.trees import n_floats  # noqa: E402
 
+# The classic seven on every tree; the catalogue on ResNet-50 shapes only.
+CLASSIC = tuple(name for name in steps.OPTIMIZERS if name not in steps.CATALOGUE)
 FULL = {
     "trees": ("one16M", "resnet50", "many2000"),
     "optimizers": tuple(steps.OPTIMIZERS),
@@ -43,7 +46,7 @@ FULL = {
     "torch": ("for-loop", "foreach", "fused"),
     # Compiling the 2,000-leaf tree takes optax and plain gradtx 5-20 s per optimizer:
     # three optimizers there keep the full run near ten minutes.
-    "only": {"many2000": ("momentum", "adagrad", "adam")},
+    "only": {"one16M": CLASSIC, "many2000": ("momentum", "adagrad", "adam")},
 }
 QUICK = {
     "trees": ("one16M", "many500"),
@@ -103,8 +106,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="under a minute, for checking")
     parser.add_argument("--json", default=os.path.join("results", "bench.json"), help="where to write JSON")
     parser.add_argument("--no-e2e", action="store_true", help="skip the MNIST MLP end-to-end run")
+    parser.add_argument("--optimizers", help="comma-separated subset, on every tree of the run")
+    parser.add_argument("--trees", help=f"comma-separated subset of {', '.join(N_LEAVES)}")
     args = parser.parse_args()
-    cfg = QUICK if args.quick else FULL
+    cfg = dict(QUICK if args.quick else FULL)
+    if args.optimizers:
+        cfg["optimizers"], cfg["only"] = tuple(args.optimizers.split(",")), {}
+    if args.trees:
+        cfg["trees"] = tuple(args.trees.split(","))
     t_start = time.perf_counter()
     import torch
 
@@ -121,6 +130,7 @@ def main() -> None:
     if not args.no_e2e:
         print("... MNIST MLP end to end", flush=True)
         report["e2e"] = e2e.run(args.quick)
+    report["state_size"] = state_size.table((4096, 4096))
     report["wall_s"] = time.perf_counter() - t_start
     print()
     print(render(report))
@@ -181,6 +191,9 @@ def render(report: dict) -> str:
         r = e["speedup (torch time / gradtx time, per round)"]
         out.append(f"\nInterleaved speedup over torch eager, per epoch round: min {r['min']:.2f}x, "
                    f"median {r['median']:.2f}x, max {r['max']:.2f}x\n")
+    if "state_size" in report:
+        out.append("\n### Optimizer state size (jax.eval_shape of init)\n")
+        out.append(report["state_size"])
     return "\n".join(out)
 
 

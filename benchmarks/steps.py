@@ -21,8 +21,8 @@ import gradtx
 from benchmarks.timing import Candidate
 from benchmarks.trees import n_floats, numpy_tree
 
-# name -> (gradtx factory, optax factory, torch (class, kwargs), per-element state arrays)
-OPTIMIZERS: dict[str, tuple[Callable, Callable, tuple[str, dict], int]] = {
+# name -> (gradtx factory, optax factory, torch (class, kwargs) or None, per-element state arrays)
+OPTIMIZERS: dict[str, tuple[Callable, Callable, tuple[str, dict] | None, int]] = {
     "sgd": (lambda: gradtx.sgd(1e-3), lambda: optax.sgd(1e-3), ("SGD", {"lr": 1e-3}), 0),
     "momentum": (lambda: gradtx.sgd(1e-3, momentum=0.9), lambda: optax.sgd(1e-3, momentum=0.9),
                  ("SGD", {"lr": 1e-3, "momentum": 0.9}), 1),
@@ -35,6 +35,29 @@ OPTIMIZERS: dict[str, tuple[Callable, Callable, tuple[str, dict], int]] = {
     "adadelta": (lambda: gradtx.adadelta(1.0), lambda: optax.adadelta(1.0), ("Adadelta", {"lr": 1.0}), 2),
     "adam": (lambda: gradtx.adam(1e-3), lambda: optax.adam(1e-3), ("Adam", {"lr": 1e-3}), 2),
 }
+
+
+def _same_call(name: str, n_state: int, torch_spec: tuple[str, dict] | None = None):
+    return (lambda: getattr(gradtx, name)(1e-3), lambda: getattr(optax, name)(1e-3), torch_spec, n_state)
+
+
+# The element-wise optimizers of the catalogue, on ResNet-50 shapes (the full run's
+# "only"): gradtx and optax called alike (optax's rprop applies its steps one iteration
+# late, and optax's yogi and adan differ from the papers: the same work per step).
+CATALOGUE: dict[str, tuple[Callable, Callable, tuple[str, dict] | None, int]] = {
+    "nadamw": _same_call("nadamw", 2),
+    "adamaxw": _same_call("adamaxw", 2),
+    "radam": _same_call("radam", 2, ("RAdam", {"lr": 1e-3})),
+    "adabelief": _same_call("adabelief", 2),
+    "yogi": _same_call("yogi", 2),
+    "adan": _same_call("adan", 4),
+    "sign_sgd": _same_call("sign_sgd", 0),
+    "signum": _same_call("signum", 1),
+    "rprop": _same_call("rprop", 2, ("Rprop", {"lr": 1e-3})),
+    "optimistic_gradient_descent": _same_call("optimistic_gradient_descent", 1),
+    "optimistic_adam": _same_call("optimistic_adam", 3),
+}
+OPTIMIZERS.update(CATALOGUE)
 
 
 def step_bytes(tree: str, n_state: int) -> float:
@@ -124,7 +147,10 @@ def jax_candidates(opt: str, tree: str, impls: tuple[str, ...], compile_log: dic
 def torch_candidates(opt: str, tree: str, modes: tuple[str, ...]) -> list[Candidate]:
     import torch
 
-    _, _, (cls_name, kwargs), n_state = OPTIMIZERS[opt]
+    _, _, torch_spec, n_state = OPTIMIZERS[opt]
+    if torch_spec is None:
+        return []  # torch.optim has no such optimizer
+    cls_name, kwargs = torch_spec
     cls = getattr(torch.optim, cls_name)
     P, G = numpy_tree(tree, 0), numpy_tree(tree, 1, 1e-2)
     out = []

@@ -356,7 +356,41 @@ $$
 
 AdamW adds decoupled weight decay, NAdam looks one step ahead on the first moment,
 AMSGrad divides by the running maximum of $\hat v$, Adamax by
-$u_t = \max(\beta_2 u_{t-1}, |g_t| + \epsilon)$. All of them keep one step count.
+$u_t = \max(\beta_2 u_{t-1}, |g_t| + \epsilon)$. RAdam rectifies the variance of the
+early steps, AdaBelief divides by the spread of $g$ around $m$ instead of $g^2$, Yogi
+moves $v$ additively, Adan adds a moment of the gradient differences. All of them keep
+one step count.
+""",
+    "Layer-wise trust ratio": r"""
+Methods that scale each layer's (leaf's) update by a ratio of norms, so that the step is
+a fraction of the weights whatever the gradient's scale:
+
+$$
+u_\ell \;\to\; u_\ell \cdot \frac{\lVert p_\ell \rVert}{\lVert u_\ell \rVert}
+\qquad \text{(LAMB on Adam's direction, LARS on momentum SGD)}.
+$$
+
+NovoGrad keeps one second moment per layer; Fromage scales by the weights' norm as well.
+""",
+    "Other first-order methods": r"""
+First-order methods that are neither momentum nor Adam-like: Rprop's per-coordinate step
+sizes that grow while the gradient keeps its sign and shrink when it flips; the Polyak
+step size, which reads the loss value; SGD with annealed gradient noise; and the
+optimistic (extra-gradient-like) corrections for games and saddle points.
+""",
+    "Factored second moments": r"""
+Second moments in sublinear memory. Adafactor keeps, for each matrix, a row and a column
+average of $g^2$ and rebuilds the full second moment as their outer product over their
+mean, $\hat v_{ij} = r_i c_j / \bar r$: $O(n + m)$ floats for an $n \times m$ matrix
+instead of Adam's $2nm$. SM3 keeps one accumulator per row and per column (a cover of
+the entries) and takes the minimum over the sets covering each entry.
+""",
+    "Quasi-Newton": r"""
+L-BFGS keeps the last few parameter and gradient differences $s_k = p_{k+1} - p_k$,
+$y_k = g_{k+1} - g_k$ and applies the inverse-Hessian approximation they define with the
+two-loop recursion; a line search along that direction picks the step (the zoom search
+enforces the strong Wolfe conditions). Its `update` takes the loss `value`, the `grad`
+and the `value_fn` as extra keyword arguments, as optax's does.
 """,
     "Sign methods": r"""
 The update is the sign of a momentum, so every coordinate moves by the learning rate:

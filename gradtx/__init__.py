@@ -5,6 +5,16 @@ row per name; the imports below make each name visible to type checkers, and
 ``tests/test_registry.py`` checks that the two agree.
 """
 
+from gradtx.adaptive_moments import (
+    belief_moment,
+    gradient_difference,
+    rectification,
+    scale_by_adan,
+    scale_by_belief,
+    scale_by_radam,
+    scale_by_yogi,
+    yogi_moment,
+)
 from gradtx.base import (
     EmptyState,
     GradientTransformation,
@@ -18,7 +28,17 @@ from gradtx.base import (
     apply_updates,
 )
 from gradtx.combine import chain, fork, identity, named_chain, renamed, stateless
+from gradtx.factored import (
+    clip_by_block_rms,
+    scale_by_cover_accumulators,
+    scale_by_factored_rms,
+    scale_by_param_block_rms,
+    scale_by_sm3,
+)
+from gradtx.first_order import add_noise, scale_by_optimistic_gradient, scale_by_polyak, scale_by_rprop
 from gradtx.hyperparams import AccumulatorDtype, Decay, DecayBelowOne, LearningRate, NonNegative, Positive
+from gradtx.layerwise import lars_trust_ratio, layer_second_moment, scale_by_novograd, scale_by_trust_ratio
+from gradtx.linesearch import scale_by_zoom_linesearch
 from gradtx.moments import (
     bias_correct,
     infinity_norm,
@@ -29,13 +49,38 @@ from gradtx.moments import (
     second_moment,
     trace,
 )
-from gradtx.optimizers.adam import adam, adam_direction, adamax, adamw, amsgrad, nadam
+from gradtx.optimizers.adam import (
+    adabelief,
+    adam,
+    adam_direction,
+    adamax,
+    adamaxw,
+    adamw,
+    adan,
+    amsgrad,
+    nadam,
+    nadamw,
+    radam,
+    yogi,
+)
 from gradtx.optimizers.adaptive import adadelta, adagrad, rmsprop
+from gradtx.optimizers.factored import adafactor, sm3
+from gradtx.optimizers.first_order import (
+    noisy_sgd,
+    optimistic_adam,
+    optimistic_adam_v2,
+    optimistic_gradient_descent,
+    polyak_sgd,
+    rprop,
+)
+from gradtx.optimizers.layerwise import fromage, lamb, lars, novograd
+from gradtx.optimizers.quasi_newton import lbfgs
 from gradtx.optimizers.sgd import averaged_momentum, sgd
-from gradtx.optimizers.sign import lion
+from gradtx.optimizers.sign import lion, sign_sgd, signum
 from gradtx.perf.fused import update_and_apply
 from gradtx.perf.packing import LeafSlot, Packing
 from gradtx.perf.xla import enable_cpu_multi_output_fusion, fuses_sibling_outputs
+from gradtx.quasi_newton import scale_by_lbfgs
 from gradtx.scaling import (
     add_decayed_weights,
     clip,

@@ -57,3 +57,27 @@ def zero_count() -> jax.Array:
 def real_dtype(dtype) -> jnp.dtype:
     """The dtype of ``|x|^2`` for an ``x`` of ``dtype`` (float32 for complex64)."""
     return jnp.finfo(dtype).dtype if jnp.issubdtype(dtype, jnp.complexfloating) else jnp.dtype(dtype)
+
+
+def root_mean_square(x: jax.Array) -> jax.Array:
+    """``sqrt(mean(|x|^2))`` over the whole array: a block's RMS (Adafactor's update
+    clipping and parameter scale)."""
+    return jnp.sqrt(jnp.mean(abs_sq(x)))
+
+
+def tree_vdot(a, b) -> jax.Array:
+    """``Re sum_leaves <a, b>``, ``a`` conjugated: the real inner product of two trees
+    (summed leaf by leaf from 0, each leaf's product at the highest precision, as optax's
+    ``tree.vdot``, so that both round alike)."""
+    return jnp.real(sum(_leaf_vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))))
+
+
+def _leaf_vdot(x: jax.Array, y: jax.Array) -> jax.Array:
+    x = jnp.conj(x) if jnp.iscomplexobj(x) else x
+    return jnp.tensordot(x, y, x.ndim, precision=jax.lax.Precision.HIGHEST)
+
+
+def tree_add_scale(a, scalar, b):
+    """``a + scalar * b`` leaf by leaf."""
+    scalar = jnp.asarray(scalar)
+    return jax.tree.map(lambda x, y: x + scalar * y, a, b)

@@ -78,20 +78,23 @@ class Run(NamedTuple):
     state: Any  # the state after the last step
 
 
-def make_step(opt, apply_updates: Callable, *, jit: bool) -> Callable:
-    """``(params, state, grads) -> (params, updates, state)``: one optimizer step, jitted or not."""
+def make_step(opt, apply_updates: Callable, *, jit: bool, extra: dict | None = None) -> Callable:
+    """``(params, state, grads) -> (params, updates, state)``: one optimizer step, jitted or
+    not; ``extra`` are keyword arguments of ``update`` (a loss ``value``)."""
+    extra = extra or {}
 
     def step(params, state, grads):
-        updates, state = opt.update(grads, state, params)
+        updates, state = opt.update(grads, state, params, **extra)
         return apply_updates(params, updates), updates, state
 
     return jax.jit(step) if jit else step
 
 
-def run_steps(opt, params, grads_seq, *, jit: bool, apply_updates: Callable = gradtx.apply_updates) -> Run:
+def run_steps(opt, params, grads_seq, *, jit: bool, apply_updates: Callable = gradtx.apply_updates,
+              extra: dict | None = None) -> Run:
     """Run ``opt`` over ``grads_seq`` from ``params``: the step under ``jax.jit`` with
     ``jit=True``, op by op otherwise."""
-    step = make_step(opt, apply_updates, jit=jit)
+    step = make_step(opt, apply_updates, jit=jit, extra=extra)
     state = opt.init(params)
     updates = None
     for grads in grads_seq:

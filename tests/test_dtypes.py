@@ -9,7 +9,8 @@ sgd, adagrad; rtol 1e-5 over 200 steps) and the closed form of Adadelta with ``|
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple
+import inspect
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -33,13 +34,26 @@ LR = 0.05
 BF16, F32, F64, C64 = jnp.bfloat16, jnp.float32, jnp.float64, jnp.complex64
 
 # State fields that hold |g|^2 statistics: real even for complex params.
-SECOND_MOMENTS = {"nu", "nu_max", "sum_of_squares", "e_g", "e_x"}
+SECOND_MOMENTS = {"nu", "nu_max", "sum_of_squares", "e_g", "e_x", "n"}
+# Where optax's name for a first moment is one gradtx uses elsewhere for |g|^2: SM3's
+# accumulators are ``mu`` and its momentum ``nu`` (complex for complex params).
+FIRST_MOMENTS = {"sm3": {"nu"}}
 
 
 class Case(NamedTuple):
     id: str
     make: Callable[[], Any]
     dtypes: dict  # state field -> the dtype asked for (mu_dtype, accumulator_dtype)
+    extra: Optional[dict] = None  # keyword arguments of update (a loss value)
+    first_moments: frozenset = frozenset()
+
+
+def _with_rate(entry, kwargs: dict) -> dict:
+    """``kwargs`` with the learning rate ``LR`` where the optimizer takes one and the grid
+    point does not set it."""
+    if "learning_rate" in inspect.signature(entry.obj).parameters:
+        return {**kwargs, "learning_rate": kwargs.get("learning_rate", LR)}
+    return kwargs
 
 
 def _cases() -> list[Case]:
@@ -48,13 +62,16 @@ def _cases() -> list[Case]:
     grid point whose state has the field that argument sets."""
     cases = []
     for e in of_kind("optimizer"):
-        cases.append(Case(e.name, functools.partial(e.obj, **{**e.grid[0], "learning_rate": LR}), {}))
+        if e.needs_objective:
+            continue  # its update needs value_fn: tests/test_quasi_newton.py runs it
+        more = dict(extra=e.update_extra, first_moments=frozenset(FIRST_MOMENTS.get(e.name, ())))
+        cases.append(Case(e.name, functools.partial(e.obj, **_with_rate(e, e.grid[0])), {}, **more))
         for arg, field in e.dtypes.items():
             kwargs = next(kw for kw in e.grid if field in e.obj(**kw).init(jnp.zeros(2))._fields)
             for dtype in (BF16, F32):
-                kw = {**kwargs, "learning_rate": kwargs.get("learning_rate", LR), arg: dtype}
+                kw = {**_with_rate(e, kwargs), arg: dtype}
                 cases.append(Case(f"{e.name}({arg}={jnp.dtype(dtype).name})", functools.partial(e.obj, **kw),
-                                  {field: dtype}))
+                                  {field: dtype}, **more))
     return cases
 
 
@@ -85,26 +102,24 @@ def mixed(request):
         yield _mixed_tree(spec, 0), [_mixed_tree(spec, 1 + i) for i in range(3)]
 
 
-def check_state_dtypes(state, params, asked: dict, *, complex_params: bool = False) -> None:
-    """Each params-shaped state field has, leaf by leaf, the dtype asked for, else the
-    param's (its real counterpart for ``|g|^2`` fields); every ``count`` is int32."""
-    fields = named_fields(state)
-    assert fields, "no state fields to check"
-    for name, values in fields.items():
-        for value in values:
-            if name == "count":
-                assert value.dtype == jnp.int32 and value.shape == ()
-                continue
-            assert jax.tree.structure(value) == jax.tree.structure(params), name
-            for leaf, p in zip(jax.tree.leaves(value), jax.tree.leaves(params)):
-                want = asked.get(name, p.dtype)
-                if name in SECOND_MOMENTS and complex_params:
-                    want = jnp.finfo(p.dtype).dtype  # real-valued |g|^2 statistics
-                assert leaf.dtype == want, f"state field {name}: {leaf.dtype}, expected {jnp.dtype(want)}"
-
-
-def stateful(case: Case) -> bool:
-    return bool(named_fields(case.make().init(jnp.zeros(2))))
+def check_state_dtypes(case: Case, state, params, *, complex_params: bool = False) -> None:
+    """Each field the optimizer declares shaped like the params has, leaf by leaf, the
+    dtype asked for, else the param's (its real counterpart for ``|g|^2`` fields); every
+    ``count`` is int32. (Fields of other shapes, a PRNG key or Adafactor's row and column
+    statistics, are checked by their own tests.)"""
+    like_params = {k.name for k in case.make().stage.fields if k.field.like_params}
+    for name, value in state._asdict().items():
+        if name == "count":
+            assert value.dtype == jnp.int32 and value.shape == ()
+            continue
+        if name not in like_params:
+            continue
+        assert jax.tree.structure(value) == jax.tree.structure(params), name
+        for leaf, p in zip(jax.tree.leaves(value), jax.tree.leaves(params)):
+            want = case.dtypes.get(name, p.dtype)
+            if name in SECOND_MOMENTS and name not in case.first_moments and complex_params:
+                want = jnp.finfo(p.dtype).dtype  # real-valued |g|^2 statistics
+            assert leaf.dtype == want, f"state field {name}: {leaf.dtype}, expected {jnp.dtype(want)}"
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
@@ -112,13 +127,12 @@ def test_updates_keep_each_leaf_dtype(case, mixed, jit):
     """Reference: the gradient leaves' dtypes. Over 3 steps every update leaf has its
     gradient's dtype, params keep theirs, and state fields have the dtypes asked for."""
     params, grads = mixed
-    got = run_steps(case.make(), params, grads, jit=jit)
+    got = run_steps(case.make(), params, grads, jit=jit, extra=case.extra)
     for u, g in zip(jax.tree.leaves(got.updates), jax.tree.leaves(grads[-1])):
         assert u.dtype == g.dtype, f"update {u.dtype} for a {g.dtype} gradient"
         assert np.all(np.isfinite(np.asarray(u, np.float64)))
     assert [p.dtype for p in jax.tree.leaves(got.params)] == [p.dtype for p in jax.tree.leaves(params)]
-    if stateful(case):
-        check_state_dtypes(got.state, params, case.dtypes)
+    check_state_dtypes(case, got.state, params)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
@@ -127,12 +141,11 @@ def test_complex_params(case, jit):
     first-moment states complex64 (or the dtype asked for), ``|g|^2`` states float32."""
     params = random_tree(0, C64, small=True)
     grads = random_grads(1, 20, C64, small=True)
-    got = run_steps(case.make(), params, grads, jit=jit)
+    got = run_steps(case.make(), params, grads, jit=jit, extra=case.extra)
     for tree in (got.updates, got.params):
         for leaf in jax.tree.leaves(tree):
             assert leaf.dtype == C64 and np.all(np.isfinite(np.asarray(leaf)))
-    if stateful(case):
-        check_state_dtypes(got.state, params, case.dtypes, complex_params=True)
+    check_state_dtypes(case, got.state, params, complex_params=True)
 
 
 COMPLEX_VS_OPTAX = [

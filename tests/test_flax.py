@@ -32,10 +32,20 @@ ATOL = 1e-7  # for the few entries that pass through zero (params are O(0.1))
 IN, HIDDEN, OUT, BATCH = 6, 16, 3, 8
 
 
-# For the optimizers that optax lacks: the optax chain of the same math.
+# Where the registry has no optax twin (optax lacks the optimizer, or the parity runner
+# cannot compare it): the optax transformation of the same math, on this MLP.
 OPTAX_CHAINS = {
     "averaged_momentum": lambda learning_rate, beta: optax.chain(optax.ema(beta, debias=False),
                                                                  optax.scale(-learning_rate)),
+    "noisy_sgd": lambda **kw: optax.noisy_sgd(**kw),  # the same key gives the same noise
+    "sm3": lambda **kw: optax.sm3(**kw),  # the MLP has no 0-d parameter, where optax's fails
+}
+# Optimizers whose trajectory has no optax reference here (their own test files compare
+# them with the right one); they still round-trip through Flax's and orbax's checkpoints.
+NO_OPTAX_REFERENCE = {
+    "rprop": "optax's rprop is one step late: torch.optim.Rprop in tests/test_first_order.py",
+    "yogi": "optax starts Yogi's first moment at 1e-6: tests/test_adam_variants.py",
+    "adan": "optax weights Adan's gradient difference by 1 - b2: tests/test_adam_variants.py",
 }
 
 
@@ -46,10 +56,17 @@ def registry_case(entry, kwargs, label):
     return pytest.param(entry.obj(**kwargs), reference(**kwargs), id=label)
 
 
+def in_a_train_step(entry) -> bool:
+    """Whether ``apply_gradients`` can run it: not if update needs more (a loss value, the
+    objective)."""
+    return not (entry.update_extra or entry.needs_objective)
+
+
 def _cases():
-    """Every registered optimizer at its first grid point, Nesterov and centered RMSprop
-    from their grids, and a user chain."""
-    cases = [registry_case(e, e.grid[0], e.name) for e in of_kind("optimizer")]
+    """Every registered optimizer with an optax reference at its first grid point, Nesterov
+    and centered RMSprop from their grids, and a user chain."""
+    cases = [registry_case(e, e.grid[0], e.name) for e in of_kind("optimizer")
+             if in_a_train_step(e) and e.name not in NO_OPTAX_REFERENCE]
     sgd, rmsprop = BY_NAME["sgd"], BY_NAME["rmsprop"]
     cases.append(registry_case(sgd, next(kw for kw in sgd.grid if kw.get("nesterov")), "sgd-nesterov"))
     cases.append(registry_case(rmsprop, next(kw for kw in rmsprop.grid if kw["centered"] and kw.get("nesterov")),
@@ -62,6 +79,17 @@ def _cases():
 # Transformations are pure, so each is built once and shared by the tests below: the
 # jitted steps, whose cache keys include the transformation, then compile once per case.
 CASES = _cases()
+ROUND_TRIPS = [pytest.param(e.obj(**e.grid[0]), id=e.name) for e in of_kind("optimizer") if in_a_train_step(e)]
+# flax.serialization's msgpack cannot write a typed PRNG key (optax's noisy_sgd state fails
+# the same way); orbax, tested below for every optimizer, can.
+MSGPACK_ROUND_TRIPS = [p for p in ROUND_TRIPS if p.id != "noisy_sgd"]
+
+
+def test_every_optimizer_is_covered():
+    """Each registered optimizer has a trajectory reference here, or a reason why not."""
+    covered = {c.id for c in CASES} | set(NO_OPTAX_REFERENCE)
+    missing = [e.name for e in of_kind("optimizer") if in_a_train_step(e) and e.name not in covered]
+    assert not missing
 
 
 def batches(steps: int = STEPS) -> tuple[np.ndarray, np.ndarray]:
@@ -173,11 +201,10 @@ def trained_linen_state(tx, steps: int = 3) -> train_state.TrainState:
     return state
 
 
-@pytest.mark.parametrize("gradtx_tx, optax_tx", CASES)
-def test_flax_serialization_round_trip(gradtx_tx, optax_tx):
+@pytest.mark.parametrize("gradtx_tx", MSGPACK_ROUND_TRIPS)
+def test_flax_serialization_round_trip(gradtx_tx):
     """Reference: the state itself; to_state_dict/from_state_dict and msgpack bytes into a
     freshly initialised state give back the same NamedTuples, dtypes and values."""
-    del optax_tx
     state = trained_linen_state(gradtx_tx)
     template = linen_state(gradtx_tx).opt_state
     restored = serialization.from_state_dict(template, serialization.to_state_dict(state.opt_state))
@@ -198,11 +225,10 @@ def non_daemon_threads() -> set:
     return {t for t in threading.enumerate() if not t.daemon}
 
 
-@pytest.mark.parametrize("gradtx_tx, optax_tx", CASES)
-def test_orbax_round_trip_and_bit_identical_resume(gradtx_tx, optax_tx, tmp_path):
+@pytest.mark.parametrize("gradtx_tx", ROUND_TRIPS)
+def test_orbax_round_trip_and_bit_identical_resume(gradtx_tx, tmp_path):
     """Reference: an uninterrupted run. 20 steps, orbax save/restore (same NamedTuples and
     values), 20 more steps == 40 steps straight, bit for bit; no threads left behind."""
-    del optax_tx
     threads = non_daemon_threads()
     xs, ys = batches(40)
     straight = linen_state(gradtx_tx)
@@ -221,11 +247,10 @@ def test_orbax_round_trip_and_bit_identical_resume(gradtx_tx, optax_tx, tmp_path
     assert non_daemon_threads() <= threads
 
 
-@pytest.mark.parametrize("gradtx_tx, optax_tx", CASES)
-def test_nnx_optimizer_orbax_round_trip(gradtx_tx, optax_tx, tmp_path):
+@pytest.mark.parametrize("gradtx_tx", ROUND_TRIPS)
+def test_nnx_optimizer_orbax_round_trip(gradtx_tx, tmp_path):
     """Reference: the optimizer's own state; restored into a fresh nnx.Optimizer through
     orbax, its opt_state has the same structure (NamedTuples included) and values."""
-    del optax_tx
     model = NnxMLP(nnx.Rngs(1))
     optimizer = nnx.Optimizer(model, gradtx_tx, wrt=nnx.Param)
     xs, ys = batches(3)

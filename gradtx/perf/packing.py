@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradtx.base import GradientTransformation, UpdateError
+from gradtx.layerwise import trust_ratio
 from gradtx.numerics import abs_sq
 from gradtx.transform import Stage, Transformation, finish, named, primitive, stage_of, view
 
@@ -192,7 +193,8 @@ class Packing:
         self, min_norm: float = 0.0, trust_coefficient: float = 1.0, eps: float = 0.0
     ) -> Transformation:
         """``u -> u * ||p|| / ||u||`` per leaf (1 where either norm is 0): LAMB's trust
-        ratio, with optax's ``scale_by_trust_ratio`` arguments and numbers."""
+        ratio, with optax's ``scale_by_trust_ratio`` arguments and numbers (the formula is
+        ``gradtx.layerwise.trust_ratio``, as for ``gradtx.scale_by_trust_ratio`` on the tree)."""
 
         def apply(updates, state, step):
             params = step.params
@@ -200,12 +202,7 @@ class Packing:
                 raise UpdateError("update() needs params (call update(updates, state, params))")
             p_norm = self.leaf_norms(params)
             u_norm = self.leaf_norms(updates)
-            ratio = {}
-            for g in updates:
-                pn = jnp.maximum(p_norm[g], min_norm)
-                un = jnp.maximum(u_norm[g], min_norm)
-                r = trust_coefficient * pn / (un + eps)
-                ratio[g] = jnp.where((pn == 0.0) | (un == 0.0), jnp.ones_like(r), r)
+            ratio = {g: trust_ratio(p_norm[g], u_norm[g], min_norm, trust_coefficient, eps) for g in updates}
             scale = self.broadcast(ratio)
             return {g: u * scale[g].astype(u.dtype) for g, u in updates.items()}, {}
 

@@ -40,6 +40,10 @@ class Entry:
     section: str  # the docs page that lists it
     optax: Optional[str] = None  # the twin's name in optax (None: optax has no such thing)
     optax_extra: dict = dataclasses.field(default_factory=dict)
+    update_extra: dict = dataclasses.field(default_factory=dict)  # keyword arguments update needs (``value``)
+    # update needs the objective itself (``value_fn``, L-BFGS's line search): the generic
+    # dtype and Flax runs skip the row, and its own tests run it in optax's loop
+    needs_objective: bool = False
     grid: tuple = ()  # parity grid: keyword arguments for both libraries
     state: Optional[tuple] = None  # the state fields at grid[0]
     absent: dict = dataclasses.field(default_factory=dict)  # optax field -> why gradtx keeps none
