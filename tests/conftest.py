@@ -217,4 +217,20 @@ def precision(request):
         yield Precision(jnp.float32, 1e-5)
 
 
+MODES = [("jit", "float32"), ("jit", "float64"), ("eager", "float32")]
+
+
+@pytest.fixture(params=MODES, ids="-".join)
+def mode(request):
+    """(jit, Precision): jitted float32 (rtol 1e-5) / float64 (rtol 1e-10, inside
+    ``jax.enable_x64(True)`` for this test only), eager float32: the parity modes."""
+    jit = request.param[0] == "jit"
+    if request.param[1] == "float64":
+        with jax.enable_x64(True):
+            yield jit, Precision(jnp.float64, 1e-10)
+        assert not jax.config.jax_enable_x64, "float64 leaked out of the test"
+    else:
+        yield jit, Precision(jnp.float32, 1e-5)
+
+
 schedule = gradtx.registry.parity_schedule

@@ -19,7 +19,6 @@ import optax
 import pytest
 from conftest import (
     N_STEPS,
-    Precision,
     assert_trees_close,
     compare_states,
     named_fields,
@@ -31,18 +30,6 @@ from conftest import (
 
 import gradtx
 from gradtx.registry import BY_NAME
-
-
-@pytest.fixture(params=[("jit", "float32"), ("jit", "float64"), ("eager", "float32")], ids="-".join)
-def mode(request):
-    """(jit, Precision): jitted float32 / float64, eager float32 (test_parity's modes)."""
-    jit = request.param[0] == "jit"
-    if request.param[1] == "float64":
-        with jax.enable_x64(True):
-            yield jit, Precision(jnp.float64, 1e-10)
-        assert not jax.config.jax_enable_x64, "float64 leaked out of the test"
-    else:
-        yield jit, Precision(jnp.float32, 1e-5)
 
 
 def _without_scalar(tree):

@@ -29,8 +29,8 @@ import numpy as np
 import optax
 import pytest
 from conftest import (
+    MODES,
     N_STEPS,
-    Precision,
     assert_trees_close,
     compare_states,
     random_grads,
@@ -75,21 +75,6 @@ COMPOSITIONS = [
     ("scale_by_ema->bias_correct", lambda: gradtx.chain(gradtx.scale_by_ema(0.8), gradtx.bias_correct(0.8)),
      lambda: optax.ema(0.8, debias=True), {"mu": "ema"}),
 ]
-
-
-MODES = [("jit", "float32"), ("jit", "float64"), ("eager", "float32")]
-
-
-@pytest.fixture(params=MODES, ids="-".join)
-def mode(request):
-    """(jit, Precision): jitted float32 / float64, eager float32."""
-    jit = request.param[0] == "jit"
-    if request.param[1] == "float64":
-        with jax.enable_x64(True):
-            yield jit, Precision(jnp.float64, 1e-10)
-        assert not jax.config.jax_enable_x64, "float64 leaked out of the test"
-    else:
-        yield jit, Precision(jnp.float32, 1e-5)
 
 
 @functools.cache

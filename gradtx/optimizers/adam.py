@@ -228,8 +228,8 @@ def nadamw(
     optax's ``nadamw`` is ``adamw(nesterov=True)``: the same arguments, ``nesterov``
     defaulting to True. NAdam's paper: https://openreview.net/forum?id=OM0jvwB8jIp57ZJjtNEZ.
 
-    Chain: ``adam_direction(nesterov=True) -> add_decayed_weights(weight_decay, mask)
-    -> scale_by_learning_rate``. State: ``count, mu, nu``.
+    Chain: ``adamw(..., nesterov=True)``, that is ``adam_direction(nesterov=True) ->
+    add_decayed_weights(weight_decay, mask) -> scale_by_learning_rate``. State: ``count, mu, nu``.
 
     >>> import jax.numpy as jnp, gradtx
     >>> opt = gradtx.nadamw(0.1, weight_decay=0.5)
@@ -238,11 +238,7 @@ def nadamw(
     >>> updates  # zero gradient: only the decay, -lr * wd * p
     Array([-0.1], dtype=float32)
     """
-    return chain(
-        adam_direction(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov),
-        add_decayed_weights(weight_decay, mask),
-        scale_by_learning_rate(learning_rate),
-    )
+    return adamw(learning_rate, b1, b2, eps, eps_root, mu_dtype, weight_decay, mask, nesterov=nesterov)
 
 
 @declare
