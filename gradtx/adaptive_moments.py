@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from gradtx import _tree
 from gradtx.combine import chain, fork, identity, renamed
 from gradtx.hyperparams import Decay, DecayBelowOne, NonNegative, Real
-from gradtx.moments import bias_correct, scale_by_ema, second_moment
+from gradtx.moments import bias_correct, debiased_first_moment, scale_by_ema, second_moment
 from gradtx.numerics import abs_sq, ema, heavy_ball, safe_increment
 from gradtx.scaling import sqrt_eps
 from gradtx.transform import Transformation, declare, primitive
@@ -130,15 +130,6 @@ def gradient_difference() -> Transformation:
 
 
 # --- the directions ---------------------------------------------------------------------
-
-
-def debiased_first_moment(mu: Transformation, b1, *, nesterov: bool) -> Transformation:
-    """``m_hat = mu / (1 - b1^t)``, or with ``nesterov`` NAdam's look-ahead
-    ``b1 * mu / (1 - b1^(t+1)) + (1 - b1) * g / (1 - b1^t)``, ``mu`` the given
-    ``scale_by_ema(b1)`` stage (passed in, so that a direction can share it)."""
-    if not nesterov:
-        return chain(mu, bias_correct(b1))
-    return fork(chain(mu, bias_correct(b1, step_offset=1)), bias_correct(b1), join=lambda m_next, g: ema(g, m_next, b1))
 
 
 @declare

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from gradtx import _tree
+from gradtx.combine import chain, fork
 from gradtx.hyperparams import AccumulatorDtype, Decay, DecayBelowOne, NonNegative, OneOf
 from gradtx.numerics import abs_sq, debias, ema, heavy_ball, safe_increment
 from gradtx.transform import Transformation, declare, primitive
@@ -140,3 +141,12 @@ def infinity_norm(decay: Decay = 0.999, eps: NonNegative = 1e-8) -> Transformati
         return nu, {"nu": nu}
 
     return primitive(apply, {"nu": _tree.real_full_like})
+
+
+def debiased_first_moment(mu: Transformation, b1, *, nesterov: bool) -> Transformation:
+    """``m_hat = mu / (1 - b1^t)``, or with ``nesterov`` NAdam's look-ahead
+    ``b1 * mu / (1 - b1^(t+1)) + (1 - b1) * g / (1 - b1^t)``, ``mu`` the given
+    ``scale_by_ema(b1)`` stage (passed in, so that a direction can share it)."""
+    if not nesterov:
+        return chain(mu, bias_correct(b1))
+    return fork(chain(mu, bias_correct(b1, step_offset=1)), bias_correct(b1), join=lambda m_next, g: ema(g, m_next, b1))

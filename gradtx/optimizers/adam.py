@@ -15,8 +15,14 @@ from gradtx.hyperparams import (
     NonNegativeOrSchedule,
     Real,
 )
-from gradtx.moments import bias_correct, infinity_norm, running_max, scale_by_ema, second_moment
-from gradtx.numerics import ema
+from gradtx.moments import (
+    bias_correct,
+    debiased_first_moment,
+    infinity_norm,
+    running_max,
+    scale_by_ema,
+    second_moment,
+)
 from gradtx.scaling import MaskOrFn, add_decayed_weights, scale_by_learning_rate, sqrt_eps
 from gradtx.transform import Transformation, declare
 
@@ -39,13 +45,7 @@ def adam_direction(
     Built with ``fork``: the first moment over the root of the second. State:
     ``count, mu, nu`` (optax's ``scale_by_adam``).
     """
-    first = chain(scale_by_ema(b1, accumulator_dtype=mu_dtype), bias_correct(b1))
-    if nesterov:
-        first = fork(
-            chain(scale_by_ema(b1, accumulator_dtype=mu_dtype), bias_correct(b1, step_offset=1)),
-            bias_correct(b1),
-            join=lambda m_next, g: ema(g, m_next, b1),
-        )
+    first = debiased_first_moment(scale_by_ema(b1, accumulator_dtype=mu_dtype), b1, nesterov=nesterov)
     second = chain(second_moment(b2), bias_correct(b2), sqrt_eps(eps=eps, eps_root=eps_root))
     return fork(first, second, join=jnp.divide)
 
