@@ -38,7 +38,7 @@ from gradtx.factored import (
 from gradtx.first_order import add_noise, scale_by_optimistic_gradient, scale_by_polyak, scale_by_rprop
 from gradtx.hyperparams import AccumulatorDtype, Decay, DecayBelowOne, LearningRate, NonNegative, Positive
 from gradtx.layerwise import lars_trust_ratio, layer_second_moment, scale_by_novograd, scale_by_trust_ratio
-from gradtx.linesearch import scale_by_zoom_linesearch
+from gradtx.linesearch import scale_by_backtracking_linesearch, scale_by_zoom_linesearch
 from gradtx.moments import (
     bias_correct,
     infinity_norm,

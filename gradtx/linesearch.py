@@ -389,3 +389,126 @@ def scale_by_zoom_linesearch(
             "curvature_error": Field(lambda params: jnp.asarray(jnp.inf), like_params=False),
         },
     )
+
+
+# --- the backtracking line search (Armijo's condition) -------------------------------------
+
+Fraction = Annotated[ArrayLike, Interval(0.0, 1.0, low_open=True, high_open=True)]
+BacktrackingSteps = Annotated[int, Interval(0.0)]
+
+
+class Backtrack(NamedTuple):
+    """The backtracking search's loop state: the step size tried last, ``f`` there (and
+    its gradient, with ``store_grad``), how far it misses the decrease condition, and the
+    evaluations so far."""
+
+    stepsize: jax.Array
+    value: jax.Array
+    grad: Any
+    decrease_error: jax.Array
+    evaluations: jax.Array
+
+
+@declare
+def scale_by_backtracking_linesearch(
+    max_backtracking_steps: BacktrackingSteps,
+    slope_rtol: Fraction = 1e-4,
+    decrease_factor: Fraction = 0.8,
+    increase_factor: AtLeastOne = 1.5,
+    max_learning_rate: Positive = 1.0,
+    atol: NonNegative = 0.0,
+    rtol: NonNegative = 0.0,
+    store_grad: bool = False,
+    verbose: bool = False,
+) -> Transformation:
+    """``eta = eta_0 d^k, least k: f(p + eta u) <= (1 + rtol) f(p) + c eta slope_0 + atol; u -> eta u``.
+
+    The sufficient decrease (Armijo) condition, with ``f`` the objective (``value_fn``),
+    ``p`` the params, ``slope_0 = Re <grad f(p), u>``, ``c = slope_rtol``,
+    ``d = decrease_factor`` and ``eta_0 = min(increase_factor eta_prev, max_learning_rate)``
+    (``eta_prev``: the previous step size, 1 at first) (Nocedal and Wright, Numerical
+    Optimization, 1999, eq. 3.4 and Algorithm 3.1; Vaswani et al., Painless Stochastic
+    Gradient, https://arxiv.org/abs/1905.09997), as optax: starting from the previous
+    step size times ``increase_factor`` (at most ``max_learning_rate``), the step shrinks
+    by ``decrease_factor`` until the condition holds or ``max_backtracking_steps``
+    reductions are spent (then the last one is kept; 0 when ``f`` was inf or NaN there).
+    ``u`` must be a descent direction (``slope_0 < 0``), as after ``sgd``. ``verbose``
+    prints when it fails.
+
+    ``update`` needs ``params`` and the keyword arguments ``value`` (``f(p)``), ``grad``
+    (``grad f(p)``) and ``value_fn`` (``f``; further keyword arguments go to it).
+
+    State: ``learning_rate, value, num_linesearch_steps, decrease_error`` and, with
+    ``store_grad``, ``grad`` (optax's names: the accepted step size, ``f`` and its
+    gradient there, for ``optax.value_and_grad_from_state``, and how the last search
+    went: its evaluations and by how much the step misses the condition, 0 when it holds;
+    optax nests the last two in ``info``).
+    """
+
+    def decrease_error(stepsize, slope_0, value, new_value):
+        return _violation(new_value - (1.0 + rtol) * value - stepsize * slope_rtol * slope_0)
+
+    def apply(updates, state, step):
+        obj = objective(step)
+        dtype = value_dtype(obj.params)
+        slope_0 = slope(obj.grad, updates)
+
+        def body(search: Backtrack) -> Backtrack:
+            stepsize = jnp.where(search.evaluations > 0, decrease_factor * search.stepsize, search.stepsize)
+            params = tree_add_scale(obj.params, stepsize, updates)
+            grad = search.grad
+            if store_grad:  # the gradient only at the last evaluation, by transposing f's linearization
+                value, linear = jax.linearize(obj.value_only, params)
+                error = decrease_error(stepsize, slope_0, obj.value, value)
+                last = (error <= atol) | (search.evaluations == max_backtracking_steps)
+                grad = jax.lax.cond(
+                    last, lambda p: jax.linear_transpose(linear, p)(jnp.ones_like(value))[0], lambda p: grad, params
+                )
+            else:
+                value = obj.value_only(params)
+                error = decrease_error(stepsize, slope_0, obj.value, value)
+            return _cast_like(Backtrack(stepsize, value, grad, error, search.evaluations + 1), search)
+
+        def running(search: Backtrack) -> jax.Array:
+            return ~(search.decrease_error <= atol) & (search.evaluations <= max_backtracking_steps)
+
+        guess = jnp.minimum(increase_factor * state["learning_rate"], max_learning_rate)
+        zeros = jax.tree.map(jnp.zeros_like, obj.params) if store_grad else None
+        start = Backtrack(guess, jnp.asarray(obj.value), zeros, jnp.asarray(jnp.inf, dtype), jnp.asarray(0))
+        final = jax.lax.while_loop(running, body, start)
+        if verbose:
+            _report_backtracking_failure(final, atol)
+        stepsize = jnp.where(jnp.isinf(final.decrease_error), 0.0, final.stepsize)
+        new = {
+            "learning_rate": stepsize,
+            "value": final.value,
+            "num_linesearch_steps": final.evaluations,
+            "decrease_error": final.decrease_error,
+        }
+        if store_grad:
+            new["grad"] = final.grad
+        return _scaled(updates, stepsize), _cast_like(new, state)
+
+    fields: dict[str, Any] = {
+        "learning_rate": Field(_scalar(1.0, None), like_params=False),
+        "value": Field(_scalar(jnp.inf, None), like_params=False),
+        "num_linesearch_steps": Field(lambda params: jnp.asarray(0), like_params=False),
+        "decrease_error": Field(_scalar(jnp.inf, None), like_params=False),
+    }
+    if store_grad:
+        fields["grad"] = lambda params: jax.tree.map(jnp.zeros_like, params)
+    return primitive(apply, fields)
+
+
+def _report_backtracking_failure(search: Backtrack, atol) -> None:
+    jax.lax.cond(
+        search.decrease_error > atol,
+        lambda: jax.debug.print(
+            "gradtx.scale_by_backtracking_linesearch: no step size ensures sufficient decrease "
+            "(decrease error {d}); taking step size {s}",
+            d=search.decrease_error,
+            s=jnp.where(jnp.isinf(search.decrease_error), 0.0, search.stepsize),
+            ordered=True,
+        ),
+        lambda: None,
+    )

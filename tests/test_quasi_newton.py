@@ -19,7 +19,7 @@ from conftest import assert_trees_close, compare_states
 import gradtx
 from gradtx import linesearch as ls
 from gradtx import quasi_newton as qn
-from gradtx.linesearch import scale_by_zoom_linesearch
+from gradtx.linesearch import scale_by_backtracking_linesearch, scale_by_zoom_linesearch
 from gradtx.optimizers.quasi_newton import lbfgs
 from gradtx.quasi_newton import scale_by_lbfgs
 from gradtx.rows._entry import parity_schedule
@@ -72,9 +72,11 @@ CONFIGS = {
 GRADTX = type("gradtx_names", (), dict(lbfgs=lbfgs, scale_by_zoom_linesearch=scale_by_zoom_linesearch))
 
 
-def run(opt, fn, params, *, jit: bool, steps: int = ITERATIONS, apply=optax.apply_updates):
-    """optax's documented L-BFGS loop: the params and values after each step, and the state."""
-    value_and_grad = optax.value_and_grad_from_state(fn)
+def run(opt, fn, params, *, jit: bool, steps: int = ITERATIONS, apply=optax.apply_updates, from_state=True):
+    """optax's documented L-BFGS loop: the params and values after each step, and the state
+    (``from_state=False``: ``f`` and its gradient from ``jax.value_and_grad``, for a line
+    search that keeps no gradient)."""
+    value_and_grad = optax.value_and_grad_from_state(fn) if from_state else lambda p, state: jax.value_and_grad(fn)(p)
 
     def step(params, state):
         value, grad = value_and_grad(params, state=state)
@@ -90,12 +92,12 @@ def run(opt, fn, params, *, jit: bool, steps: int = ITERATIONS, apply=optax.appl
     return trajectory, jnp.stack(values), state
 
 
-def _check(got, want, rtol):
+def _check(got, want, rtol, absent=()):
     (g_params, g_values, g_state), (w_params, w_values, w_state) = got, want
     for i, (g, w) in enumerate(zip(g_params, w_params)):
         assert_trees_close(g, w, rtol, what=f"params after step {i + 1}")
     assert_trees_close(g_values, w_values, rtol, what="values")
-    compare_states(g_state, w_state, rtol)
+    compare_states(g_state, w_state, rtol, absent=absent)
 
 
 @pytest.mark.parametrize("config", sorted(CONFIGS))
@@ -311,3 +313,108 @@ def test_state_fields_are_optax_names_once_each(factory):
     for field in named_fields(theirs):
         assert len(optax.tree.get_all_with_path(ours, field)) == 1, field
     assert isinstance(factory(), gradtx.Transformation)
+
+
+# --- the backtracking line search --------------------------------------------------------
+
+BACKTRACKING = {
+    "defaults": dict(max_backtracking_steps=30),
+    "non-default": dict(
+        max_backtracking_steps=25,
+        slope_rtol=1e-3,
+        decrease_factor=0.6,
+        increase_factor=2.0,
+        max_learning_rate=0.5,
+        atol=1e-9,
+        rtol=1e-8,
+    ),
+}
+
+
+def _backtracking_run(lib, problem, dtype, kwargs, store_grad):
+    """``chain(sgd(1), scale_by_backtracking_linesearch(...))`` in optax's loop (its
+    docstring's two uses: ``value_and_grad_from_state`` with ``store_grad``, else
+    ``jax.value_and_grad``), jitted, 50 iterations."""
+    fn, start = PROBLEMS[problem]
+    opt = lib.chain(lib.sgd(1.0), lib.scale_by_backtracking_linesearch(**kwargs, store_grad=store_grad))
+    return run(opt, fn, start(dtype), jit=True, from_state=store_grad)
+
+
+@pytest.mark.parametrize("store_grad", [False, True], ids=["value", "store_grad"])
+@pytest.mark.parametrize("config", sorted(BACKTRACKING))
+@pytest.mark.parametrize("problem", sorted(PROBLEMS))
+def test_backtracking_linesearch_after_sgd_matches_optax(problem, config, store_grad, precision):
+    """Reference: optax 0.2.8's ``chain(sgd(1), scale_by_backtracking_linesearch(...))``
+    (same arguments) in its documented loop, 50 iterations: every iterate, every value and
+    the final state by field name (without ``store_grad`` optax keeps ``grad=None``, gradtx
+    no field), at float64 rtol 1e-10 / float32 rtol 1e-5."""
+    kwargs = BACKTRACKING[config]
+    got = _backtracking_run(gradtx, problem, precision.dtype, kwargs, store_grad)
+    want = _backtracking_run(optax, problem, precision.dtype, kwargs, store_grad)
+    _check(got, want, precision.rtol, absent=() if store_grad else ("grad",))
+
+
+def test_backtracking_accepted_step_satisfies_the_armijo_condition():
+    """Reference: the sufficient decrease (Armijo) condition in closed form (Nocedal and
+    Wright eq. 3.4), in numpy float64, at every accepted step of
+    ``scale(-1) -> scale_by_backtracking_linesearch`` on the 2-D Rosenbrock function, and
+    the step size is the first of ``eta_0 d^k`` that satisfies it::
+
+        f(p + eta d) <= f(p) + c eta <grad f(p), d>,   eta_0 = min(1.5 eta_prev, 1)
+    """
+    c, factor = 1e-4, 0.8
+    fn = rosenbrock
+    with jax.enable_x64(True):
+        opt = gradtx.chain(gradtx.scale(-1.0), scale_by_backtracking_linesearch(40, slope_rtol=c))
+        params, previous = jnp.array([-1.2, 1.0]), 1.0
+        state = opt.init(params)
+        for _ in range(20):
+            value, grad = jax.value_and_grad(fn)(params)
+            updates, state = opt.update(grad, state, params, value=value, grad=grad, value_fn=fn)
+            eta, d, slope_0 = float(state.learning_rate), -np.asarray(grad), -float(np.dot(grad, grad))
+            new = np.asarray(params) + eta * d
+            assert eta > 0 and float(state.decrease_error) == 0
+            assert fn(new) <= value + c * eta * slope_0
+            k = int(state.num_linesearch_steps) - 1
+            np.testing.assert_allclose(eta, min(1.5 * previous, 1.0) * factor**k, rtol=1e-12)
+            if k > 0:  # the step before was rejected
+                assert fn(np.asarray(params) + eta / factor * d) > value + c * eta / factor * slope_0
+            np.testing.assert_allclose(updates, eta * d, rtol=1e-12)
+            params, previous = jnp.asarray(new), eta
+
+
+@pytest.mark.parametrize("store_grad", [False, True])
+def test_backtracking_state_fields_are_optax_names_once_each(store_grad):
+    """Reference: optax 0.2.8's ``scale_by_backtracking_linesearch`` state: ``optax.tree.get``
+    finds each of its fields (``info`` flattened; ``grad`` only with ``store_grad``) once in
+    the gradtx record, and the record has no more leaves."""
+    from conftest import named_fields
+
+    params = {"w": jnp.ones((2, 3)), "b": jnp.zeros(3)}
+    ours = scale_by_backtracking_linesearch(10, store_grad=store_grad).init(params)
+    theirs = optax.scale_by_backtracking_linesearch(10, store_grad=store_grad).init(params)
+    assert len(jax.tree.leaves(ours)) == len(jax.tree.leaves(theirs))
+    for field, values in named_fields(theirs).items():
+        expected = 0 if values == [None] else 1
+        assert len(optax.tree.get_all_with_path(ours, field)) == expected, field
+
+
+def test_backtracking_tolerances_catch_accepting_the_first_step(monkeypatch):
+    """Negative control: with the decrease error read as 0 (the first step ``eta_0``
+    always accepted), gradtx's ``chain(sgd(1), scale_by_backtracking_linesearch(30))``
+    leaves optax 0.2.8's on the 10-D Rosenbrock function beyond float32's rtol 1e-5."""
+    want = _backtracking_run(optax, "rosenbrock-10d", jnp.float32, BACKTRACKING["defaults"], False)
+    monkeypatch.setattr(ls, "_violation", jnp.zeros_like)
+    got = _backtracking_run(gradtx, "rosenbrock-10d", jnp.float32, BACKTRACKING["defaults"], False)
+    with pytest.raises(AssertionError, match="Not equal to tolerance"):
+        assert_trees_close(got[0], want[0], 1e-5, what="first step always")
+
+
+def test_backtracking_missing_objective_names_the_argument():
+    """Reference: the zoom search's messages (the same ``objective`` reads them)."""
+    params = jnp.ones(2)
+    opt = scale_by_backtracking_linesearch(10)
+    with pytest.raises(gradtx.UpdateError, match=r"update\(\) needs value_fn=\.\.\."):
+        opt.update(params, opt.init(params), params, value=1.0, grad=params)
+    with pytest.raises(gradtx.UpdateError, match=r"value_fn does not take: \['batch'\]"):
+        opt.update(params, opt.init(params), params, value=1.0, grad=params, value_fn=rosenbrock, batch=2)

@@ -1,5 +1,5 @@
 """Registry rows of this family (see ``gradtx/rows/__init__.py``): L-BFGS's two-loop
-recursion and the zoom line search.
+recursion, the zoom and the backtracking line searches.
 
 Their ``update`` takes the objective (``value=``, ``grad=``, ``value_fn=``), which the
 registry-driven parity runner does not pass: they are tested against optax 0.2.8 in
@@ -58,6 +58,22 @@ ROWS: list[Entry] = [
                 initial_guess_strategy="two",
                 message="initial_guess_strategy must be one of 'keep', 'one'",
             ),
+        ),
+    ),
+    primitive_row(
+        "scale_by_backtracking_linesearch",
+        _SCALING,
+        needs_objective=True,
+        reference="optax.chain(optax.sgd(1), optax.scale_by_backtracking_linesearch) in optax's loop; the "
+        "Armijo condition in closed form (tests/test_quasi_newton.py)",
+        bad=(
+            bad_args(max_backtracking_steps=-1, message="max_backtracking_steps must be >= 0"),
+            bad_args(max_backtracking_steps=10, slope_rtol=0.0, message="slope_rtol must be in (0, 1)"),
+            bad_args(max_backtracking_steps=10, decrease_factor=1.0, message="decrease_factor must be in (0, 1)"),
+            bad_args(max_backtracking_steps=10, increase_factor=0.5, message="increase_factor must be >= 1"),
+            bad_args(max_backtracking_steps=10, max_learning_rate=0.0, message="max_learning_rate must be > 0"),
+            bad_args(max_backtracking_steps=10, atol=-1.0, message="atol must be >= 0"),
+            bad_args(max_backtracking_steps=10, rtol=-1.0, message="rtol must be >= 0"),
         ),
     ),
 ]
