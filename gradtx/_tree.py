@@ -14,10 +14,6 @@ def zeros_like(tree: Any, dtype=None) -> Any:
     return jax.tree.map(lambda x: jnp.zeros_like(x, dtype=dtype), tree)
 
 
-def full_like(tree: Any, value, dtype=None) -> Any:
-    return jax.tree.map(lambda x: jnp.full_like(x, value, dtype=dtype), tree)
-
-
 def real_full_like(tree: Any, value: jax.typing.ArrayLike = 0.0) -> Any:
     """A tree of arrays shaped like ``tree``, filled with ``value``, in each leaf's real dtype
     (float32 for complex64): the home of every ``|u|^2``-type state."""

@@ -22,7 +22,7 @@ from gradtx.base import UpdateError
 from gradtx.combine import chain, renamed
 from gradtx.hyperparams import Decay, Interval, NonNegative, Positive
 from gradtx.moments import scale_by_ema
-from gradtx.numerics import abs_sq, ema, root_mean_square
+from gradtx.numerics import abs_sq, ema, root_mean_square, rsqrt_or_zero
 from gradtx.transform import Field, Transformation, declare, elementwise, primitive
 
 DimSize = Annotated[int, Interval(0.0)]
@@ -232,7 +232,7 @@ def scale_by_cover_accumulators(b2: Decay = 1.0, eps: NonNegative = 1e-8) -> Tra
 
     def leaf(g, mu):
         nu = accumulate(abs_sq(g), _cover_min(jnp.real(mu), jnp.shape(g)))
-        return g * jnp.where(nu > 0, jax.lax.rsqrt(nu + eps), 0.0), _cover_max(nu).astype(mu.dtype)
+        return g * rsqrt_or_zero(nu, eps), _cover_max(nu).astype(mu.dtype)
 
     def apply(updates, state, step):
         out, mu = _map_leaves(leaf, 2, updates, state["mu"])

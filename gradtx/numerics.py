@@ -54,6 +54,12 @@ def zero_count() -> jax.Array:
     return jnp.zeros([], jnp.int32)
 
 
+def rsqrt_or_zero(s: jax.Array, eps) -> jax.Array:
+    """``1 / sqrt(s + eps)`` where ``s > 0``, 0 where ``s == 0``: the scale of an accumulator
+    of ``|g|^2`` (Adagrad, SM3) that has seen nothing yet."""
+    return jnp.where(s > 0, jax.lax.rsqrt(s + eps), 0.0)
+
+
 def real_dtype(dtype) -> jnp.dtype:
     """The dtype of ``|x|^2`` for an ``x`` of ``dtype`` (float32 for complex64)."""
     return jnp.finfo(dtype).dtype if jnp.issubdtype(dtype, jnp.complexfloating) else jnp.dtype(dtype)

@@ -14,7 +14,7 @@ from gradtx.base import UpdateError, Updates
 from gradtx.combine import chain, fork, identity, renamed
 from gradtx.hyperparams import Decay, LearningRate, NonNegative, NonNegativeOrSchedule, Positive
 from gradtx.moments import bias_correct, scale_by_ema, second_moment
-from gradtx.numerics import abs_sq, ema
+from gradtx.numerics import abs_sq, ema, rsqrt_or_zero
 from gradtx.transform import Transformation, declare, elementwise, primitive
 
 MaskOrFn = Optional[Union[Any, Callable[[Any], Any]]]
@@ -140,9 +140,7 @@ def scale_by_sum_of_squares(initial_accumulator_value: NonNegative = 0.1, eps: N
 
     def apply(updates, state, step):
         s = jax.tree.map(lambda g, t: (abs_sq(g) + t).astype(t.dtype), updates, state["sum_of_squares"])
-        updates = jax.tree.map(
-            lambda g, t: jnp.where(t > 0, jax.lax.rsqrt(t + eps), 0.0).astype(g.dtype) * g, updates, s
-        )
+        updates = jax.tree.map(lambda g, t: rsqrt_or_zero(t, eps).astype(g.dtype) * g, updates, s)
         return updates, {"sum_of_squares": s}
 
     return primitive(apply, {"sum_of_squares": lambda p: _tree.real_full_like(p, initial_accumulator_value)})

@@ -354,11 +354,6 @@ def named(call: str, t: GradientTransformation) -> Transformation:
     return finish(Stage(fields, inner.uses_count, apply, name=call))
 
 
-def building() -> bool:
-    """Whether a declared factory is being built (its inner stages skip their checks)."""
-    return _BUILDING.get() > 0
-
-
 # --- tree checks, before anything is computed ------------------------------------------
 
 

@@ -9,6 +9,7 @@ Nothing here is autouse and nothing flips a global switch: float64 is enabled in
 from __future__ import annotations
 
 import collections
+import functools
 from typing import Any, Callable, NamedTuple
 
 import chex
@@ -234,3 +235,21 @@ def mode(request):
 
 
 schedule = gradtx.registry.parity_schedule
+
+
+@functools.cache
+def parity_inputs(dtype_name: str) -> tuple[Any, list[Any]]:
+    """The parity runs' params and 200 gradient trees (the small tree), per dtype, built once."""
+    dtype = jnp.dtype(dtype_name)
+    return random_tree(0, dtype, small=True), random_grads(1, N_STEPS, dtype, small=True)
+
+
+def check_parity(gx, want: Run, precision: Precision, jit: bool, *, renames=None, absent=()) -> Run:
+    """Run ``gx`` over ``parity_inputs``; its params, last updates and every field of optax's
+    state agree with the optax run ``want`` at ``precision.rtol``. Returns gradtx's run."""
+    params, grads = parity_inputs(jnp.dtype(precision.dtype).name)
+    got = run_steps(gx, params, grads, jit=jit)
+    assert_trees_close(got.params, want.params, precision.rtol, what="params")
+    assert_trees_close(got.updates, want.updates, precision.rtol, what="last updates")
+    compare_states(got.state, want.state, precision.rtol, renames=renames, absent=absent)
+    return got

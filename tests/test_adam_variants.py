@@ -12,14 +12,18 @@
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import N_STEPS, assert_trees_close, compare_states, random_grads, random_tree, run_optax, run_steps
+from conftest import (
+    assert_trees_close,
+    check_parity,
+    parity_inputs,
+    run_optax,
+    run_steps,
+)
 
 import gradtx
 from gradtx.registry import BY_NAME
@@ -27,25 +31,6 @@ from gradtx.rows._entry import ndim_above_one, parity_schedule
 from gradtx.rows.adam_variants import _ADAN_AT_HALF, _ADAN_MOVED
 
 ADAN_RENAMES = {"count": "t"}
-
-
-@functools.cache
-def _inputs(dtype_name: str):
-    dtype = jnp.dtype(dtype_name)
-    return random_tree(0, dtype, small=True), random_grads(1, N_STEPS, dtype, small=True)
-
-
-def inputs(precision):
-    return _inputs(jnp.dtype(precision.dtype).name)
-
-
-def check_against(gx, want, precision, jit, *, renames=None, absent=()) -> None:
-    """Params, last updates and optax's state fields of ``gx`` vs the run ``want``."""
-    params, grads = inputs(precision)
-    got = run_steps(gx, params, grads, jit=jit)
-    assert_trees_close(got.params, want.params, precision.rtol, what="params")
-    assert_trees_close(got.updates, want.updates, precision.rtol, what="last updates")
-    compare_states(got.state, want.state, precision.rtol, renames=renames, absent=absent)
 
 
 # --- RAdam: the rectification switches on where rho_t >= threshold -------------------------
@@ -136,9 +121,9 @@ def test_yogi_matches_optax_with_the_papers_first_moment(kwargs, precision, jit)
     """Reference: ``optax.yogi`` (0.2.8) with ``m_0 = 0`` (``optax_yogi_from_zero``), the
     registry's grid, 200 steps, rtol 1e-10 (float64) / 1e-5 (float32): params, last
     updates, every state field."""
-    params, grads = inputs(precision)
+    params, grads = parity_inputs(jnp.dtype(precision.dtype).name)
     want = run_optax(optax_yogi_from_zero(**kwargs), params, grads, jit=jit)
-    check_against(gradtx.yogi(**kwargs), want, precision, jit)
+    check_parity(gradtx.yogi(**kwargs), want, precision, jit)
 
 
 def test_optax_yogi_first_moment_bias():
@@ -194,7 +179,7 @@ def test_adan_matches_the_authors_algorithm(kwargs, jit):
     """Reference: ``adan_reference`` (the authors' algorithm in numpy float64), the
     registry's grid, 200 steps, float64, rtol 1e-10 on the params."""
     with jax.enable_x64(True):
-        params, grads = _inputs("float64")
+        params, grads = parity_inputs("float64")
         got = run_steps(gradtx.adan(**kwargs), params, grads, jit=jit)
         assert_trees_close(got.params, adan_reference(params, grads, **kwargs), 1e-10, what="params")
 
@@ -205,7 +190,7 @@ def test_optax_adan_is_not_the_authors_algorithm():
     200 steps at the default ``b2 = 0.92`` miss the authors' algorithm beyond rtol 1e-5
     (float64), where gradtx's match it (``test_adan_matches_the_authors_algorithm``)."""
     with jax.enable_x64(True):
-        params, grads = _inputs("float64")
+        params, grads = parity_inputs("float64")
         theirs = run_optax(optax.adan(1e-2), params, grads, jit=True)
         with pytest.raises(AssertionError, match="Not equal to tolerance"):
             assert_trees_close(theirs.params, adan_reference(params, grads, 1e-2), 1e-5, what="optax.adan")
@@ -223,10 +208,10 @@ def test_adan_matches_optax_where_its_weight_is_right(kwargs, precision, jit):
     paper's ``b2``: everything else (moments, bias corrections, eps, decay, schedule)
     agrees to rtol 1e-10 (float64) / 1e-5 (float32), state fields by name (``t`` is
     ``count``; with a schedule optax counts the steps a second time, in ``count``)."""
-    params, grads = inputs(precision)
+    params, grads = parity_inputs(jnp.dtype(precision.dtype).name)
     want = run_optax(optax.adan(**kwargs), params, grads, jit=jit)
     absent = ("count",) if callable(kwargs["learning_rate"]) else ()
-    check_against(gradtx.adan(**kwargs), want, precision, jit, renames=ADAN_RENAMES, absent=absent)
+    check_parity(gradtx.adan(**kwargs), want, precision, jit, renames=ADAN_RENAMES, absent=absent)
 
 
 def test_gradient_difference_closed_form(jit):
@@ -340,7 +325,7 @@ def test_tolerances_catch_wrong_formulas(what, wrong, right):
     optax 0.2.8 run of the right one (``optax_yogi_from_zero`` for Yogi) beyond rtol 1e-5.
     The last row is the other way round: gradtx's Adan is the paper's, optax's is not, and
     they differ wherever ``b2 != 0.5``."""
-    params, grads = _inputs("float32")
+    params, grads = parity_inputs("float32")
     got = run_steps(wrong(), params, grads, jit=True)
     want = run_optax(right(), params, grads, jit=True)
     with pytest.raises(AssertionError, match="Not equal to tolerance"):
@@ -352,7 +337,7 @@ def test_the_controls_are_right_without_the_mutation():
     float32, jitted): ``_yogi_step`` with Yogi's step is ``optax_yogi_from_zero``, and
     ``_adan_with`` the right difference is ``optax.adan`` at b2 = 0.5; so each control
     fails for its mutation only."""
-    params, grads = _inputs("float32")
+    params, grads = parity_inputs("float32")
 
     def right_difference(updates, state, step):
         d = jax.tree.map(lambda u, g: jnp.where(step.count == 0, 0.0, u - g), updates, state["g"])

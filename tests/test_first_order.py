@@ -18,22 +18,11 @@ import numpy as np
 import optax
 import pytest
 import torch
-from conftest import N_STEPS, Precision, assert_trees_close, random_grads, random_tree, run_optax, run_steps
+from conftest import N_STEPS, assert_trees_close, random_grads, random_tree, run_optax, run_steps
 
 import gradtx
 
 # --- helpers ---------------------------------------------------------------------------
-
-
-@pytest.fixture(params=[("jit", "float32"), ("jit", "float64"), ("eager", "float32")], ids="-".join)
-def mode(request):
-    """(jit, Precision): jitted float32 / float64, eager float32 (as tests/test_parity.py)."""
-    jit = request.param[0] == "jit"
-    if request.param[1] == "float64":
-        with jax.enable_x64(True):
-            yield jit, Precision(jnp.float64, 1e-10)
-    else:
-        yield jit, Precision(jnp.float32, 1e-5)
 
 
 def inputs(dtype=jnp.float32, n_steps: int = N_STEPS):

@@ -30,11 +30,10 @@ import optax
 import pytest
 from conftest import (
     MODES,
-    N_STEPS,
     assert_trees_close,
+    check_parity,
     compare_states,
-    random_grads,
-    random_tree,
+    parity_inputs,
     run_optax,
     run_steps,
     schedule,
@@ -78,28 +77,16 @@ COMPOSITIONS = [
 
 
 @functools.cache
-def _inputs(dtype_name: str):
-    dtype = jnp.dtype(dtype_name)
-    return random_tree(0, dtype, small=True), random_grads(1, N_STEPS, dtype, small=True)
-
-
-@functools.cache
 def _optax_run(case_id_: str, dtype_name: str, jit: bool):
-    params, grads = _inputs(dtype_name)
+    params, grads = parity_inputs(dtype_name)
     return run_optax(CASES[case_id_].optax(), params, grads, jit=jit)
 
 
-def check_parity(gx, want, precision, jit: bool, *, renames, absent) -> None:
-    """Run ``gx`` over the parity inputs; compare params, last updates and state fields
-    with the optax run ``want`` at ``precision.rtol``."""
-    params, grads = _inputs(jnp.dtype(precision.dtype).name)
-    got = run_steps(gx, params, grads, jit=jit)
+def check_dtypes_and_parity(gx, want, precision, jit: bool, *, renames, absent) -> None:
+    """``conftest.check_parity``, and the params and last updates keep the inputs' dtype."""
+    got = check_parity(gx, want, precision, jit, renames=renames, absent=absent)
     for leaf in jax.tree.leaves(got.params) + jax.tree.leaves(got.updates):
         assert leaf.dtype == precision.dtype
-    assert_trees_close(got.params, want.params, precision.rtol, what="params")
-    assert_trees_close(got.updates, want.updates, precision.rtol, what="last updates")
-    compare_states(got.state, want.state, precision.rtol, renames=renames, absent=absent)
-
 
 
 def case_modes(cases: list[Case]) -> list:
@@ -119,15 +106,15 @@ def test_matches_optax(case, mode):
     (float64) / 1e-5 (float32)."""
     jit, precision = mode
     want = _optax_run(case.id, jnp.dtype(precision.dtype).name, jit)
-    check_parity(case.gradtx(), want, precision, jit, renames=case.entry.renames, absent=case.entry.absent)
+    check_dtypes_and_parity(case.gradtx(), want, precision, jit, renames=case.entry.renames, absent=case.entry.absent)
 
 
 @pytest.mark.parametrize("name, gx, ox, renames", COMPOSITIONS, ids=[c[0] for c in COMPOSITIONS])
 def test_composition_matches_optax(name, gx, ox, renames, mode):
     """A chain of gradtx primitives vs the one optax transformation of the same math."""
     jit, precision = mode
-    params, grads = _inputs(jnp.dtype(precision.dtype).name)
-    check_parity(gx(), run_optax(ox(), params, grads, jit=jit), precision, jit, renames=renames, absent=())
+    params, grads = parity_inputs(jnp.dtype(precision.dtype).name)
+    check_dtypes_and_parity(gx(), run_optax(ox(), params, grads, jit=jit), precision, jit, renames=renames, absent=())
 
 
 def reference(name: str, **kwargs) -> str:
@@ -168,7 +155,7 @@ MUTANTS = [
 def test_tolerances_catch_wrong_formulas(what, wrong, reference_id, jit):
     """Negative control: the params of a wrong formula (``MUTANTS``) differ from the optax
     0.2.8 reference of the right one beyond float32's rtol 1e-5 (the looser of the two)."""
-    params, grads = _inputs("float32")
+    params, grads = parity_inputs("float32")
     got = run_steps(wrong(), params, grads, jit=jit)
     want = _optax_run(reference_id, "float32", jit)
     with pytest.raises(AssertionError, match="Not equal to tolerance"):
@@ -190,7 +177,7 @@ def test_rmsprop_centered_clamp(momentum, nesterov, eps_in_sqrt, precision, jit)
     lr, eps = 1e-3, 0.1
     kw = dict(learning_rate=lr, decay=0.9, eps=eps, eps_in_sqrt=eps_in_sqrt, centered=True, bias_correction=True,
               momentum=momentum, nesterov=nesterov)
-    params, grads = _inputs(jnp.dtype(precision.dtype).name)
+    params, grads = parity_inputs(jnp.dtype(precision.dtype).name)
     gx = gradtx.rmsprop(**kw)
 
     first = run_steps(gx, params, grads[:1], jit=jit)
