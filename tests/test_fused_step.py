@@ -43,11 +43,10 @@ MORE = {
 }
 ALL = {**OPTIMIZERS, **MORE}
 # The element-wise optimizers of the catalogue (issue 9): one loop per leaf in the fused
-# step too (their numbers against optax are the registry's parity suite). Not adan: its
-# fused step is two loops per leaf and copies the old ``m`` (open; see the issue note).
+# step too (their numbers against optax are the registry's parity suite).
 CATALOGUE = {name: (lambda name=name: getattr(gradtx, name)(0.01), None) for name in (
     "nadamw", "adamaxw", "radam", "adabelief", "yogi", "sign_sgd", "signum", "rprop",
-    "optimistic_gradient_descent", "optimistic_adam", "optimistic_adam_v2")}
+    "optimistic_gradient_descent", "optimistic_adam", "optimistic_adam_v2", "adan")}
 BITWISE = ("sgd", "momentum", "nesterov", "lion", "clipped sgd")
 
 
