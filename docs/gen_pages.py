@@ -234,6 +234,8 @@ def state_fields(e: Entry) -> str:
 
 # --- pages --------------------------------------------------------------------------
 
+PRIMITIVE_KINDS = ("primitive", "combinator", "wrapper", "utility")  # documented under primitives/
+
 SECTION_PAGES = {
     "Concepts": "concepts.md",
     "Schedules": "schedules.md",
@@ -289,6 +291,45 @@ def fields(names: Iterable[str]) -> str:
 
 # Hand-written introductions, one per family; the math of each optimizer is in its docstring.
 INTRO = {
+    'Clipping and normalization': r"""
+Clipping rescales an update where a norm is too large; normalization fixes its norm.
+Adaptive gradient clipping works unit by unit (one output neuron: a slice of a kernel at
+one index of its last axis): $u_i \to u_i \min\big(1, \lambda \max(\lVert p_i\rVert, \epsilon) / \lVert u_i\rVert\big)$
+(Brock et al. 2021). The per-example functions clip each example's gradient before
+summing, as in DP-SGD. Gradient centralization subtracts each unit's mean over its fan-in.
+""",
+    'Wrappers': r"""
+Wrappers take a whole optimizer and keep its state whole in one field with optax's name
+(`inner_state`, `inner_opt_state`), beside their own fields, in one record named after
+the call, such as `InjectHyperparamsState(count, hyperparams, inner_state)`. Gradient
+accumulation runs the inner optimizer once every k micro-steps on the mean gradient,
+$a \leftarrow a + (g - a) / (n + 1)$, and returns zeros in between.
+""",
+    'Masks and partitions': r"""
+`masked(inner, mask)`: $u_i \to \mathrm{inner}(u)_i$ where $\mathrm{mask}_i$ is True, $u_i$
+elsewhere; `partition(transforms, labels)`: $u_i \to \mathrm{transforms}[\mathrm{label}_i](u)_i$. A mask or
+labelling is a tree shaped like the params or a prefix of it, a function of the params,
+or `gradtx.by_path({regex: value})` matched against each leaf's `"a/b/c"` path. Masked-out
+leaves keep no optimizer state.
+""",
+    'Averaging and lookahead': r"""
+`ema(decay)` averages the updates from zero and divides by $1 - \beta^t$ (optax's `ema`).
+`averaged_params("swa" | "ema", decay)` averages the params as
+`torch.optim.swa_utils.AveragedModel` does: $\bar p \leftarrow \bar p + (p - \bar p)/(n+1)$ (SWA) or
+$\bar p \leftarrow \beta \bar p + (1-\beta) p$. `lookahead` (Zhang et al. 2019) runs k fast steps,
+then $s \leftarrow s + \alpha (f - s)$, $f \leftarrow s$.
+""",
+    "optax's stages": r"""
+The directions of optax's optimizers without the learning rate, under optax's names and
+arguments, built from gradtx's primitives: `optax.scale_by_X` becomes `gradtx.scale_by_X`
+with the same numbers and state fields; and DoG (Ivgi et al. 2023), which needs no step size.
+""",
+    'Utilities': r"""
+optax's numerical helpers under their names, each calling gradtx's one home of the
+formula: the moment updates $m \leftarrow (1-\beta) u^k + \beta m$, bias correction
+$m / (1 - \beta^t)$, `safe_norm` (gradient 0 at $x = 0$, not NaN), saturating counters, power
+iteration and the inverse $p$-th root $A^{-1/p}$; and the contract's types under optax's names.
+""",
     "Running statistics": r"""
 Averages of the incoming updates, kept in the state: the building blocks of momentum and
 of every adaptive method. With $u_t$ the incoming update and $t$ the step (from 1), the
@@ -487,7 +528,7 @@ def index_page() -> tuple[str, str]:
         f"- {link('index.md', page_of(s), s)}: " + ", ".join(code(e.name) for e in optimizers if e.section == s)
         for s in sections("optimizer")
     )
-    primitives = ", ".join(link("index.md", page_of(s), s) for s in sections("primitive", "combinator"))
+    primitives = ", ".join(link("index.md", page_of(s), s) for s in sections(*PRIMITIVE_KINDS))
     text = f"""# gradtx
 
 Optimizers for JAX, each a chain of small pure gradient transformations.
@@ -930,7 +971,7 @@ def check_equivalent(name: str, eq: Equivalent) -> None:
 def state_twins() -> dict[str, list[str]]:
     """optax record name -> how gradtx keeps the same state, from running both inits."""
     out: dict[str, list[str]] = {}
-    ordered = sorted((e for e in registry.ENTRIES if e.optax), key=lambda e: e.kind != "primitive")
+    ordered = sorted((e for e in registry.ENTRIES if e.optax and e.grid), key=lambda e: e.kind != "primitive")
     for e in ordered:
         t = twin(e.name)
         for record in records_in(t.optax_state):
@@ -1104,7 +1145,7 @@ def pages() -> dict[str, str]:
             registry_page(),
         ]
     )
-    out.update(primitive_page(s) for s in sections("primitive", "combinator"))
+    out.update(primitive_page(s) for s in sections(*PRIMITIVE_KINDS))
     out.update(optimizer_page(s) for s in sections("optimizer"))
     return {path: MARK + "\n\n" + re.sub(r"\n{3,}", "\n\n", text.strip()) + "\n" for path, text in out.items()}
 

@@ -15,6 +15,7 @@ from gradtx.adaptive_moments import (
     scale_by_yogi,
     yogi_moment,
 )
+from gradtx.averaging import *  # noqa: F403
 from gradtx.base import (
     EmptyState,
     GradientTransformation,
@@ -27,6 +28,7 @@ from gradtx.base import (
     Updates,
     apply_updates,
 )
+from gradtx.clipping import *  # noqa: F403
 from gradtx.combine import chain, fork, identity, named_chain, renamed, stateless
 from gradtx.factored import (
     clip_by_block_rms,
@@ -39,6 +41,7 @@ from gradtx.first_order import add_noise, scale_by_optimistic_gradient, scale_by
 from gradtx.hyperparams import AccumulatorDtype, Decay, DecayBelowOne, LearningRate, NonNegative, Positive
 from gradtx.layerwise import lars_trust_ratio, layer_second_moment, scale_by_novograd, scale_by_trust_ratio
 from gradtx.linesearch import scale_by_backtracking_linesearch, scale_by_zoom_linesearch
+from gradtx.masking import *  # noqa: F403
 from gradtx.moments import (
     bias_correct,
     infinity_norm,
@@ -97,12 +100,14 @@ from gradtx.scaling import (
     scale_by_update_rms,
     sqrt_eps,
 )
-from gradtx.schedules import constant_schedule, cosine_decay_schedule, triangular_schedule
+from gradtx.schedules import *  # noqa: F403 - each of these modules lists its names in __all__
 from gradtx.transform import Field, Step, Transformation, declare, primitive
+from gradtx.utilities import *  # noqa: F403
+from gradtx.wrappers import *  # noqa: F403
 
 # isort: split
 # After the names above: the registry describes them.
-from gradtx import registry
+from gradtx import registry, tree
 
 __version__ = "0.2.0"
 

@@ -22,7 +22,7 @@ from gradtx.base import UpdateError
 from gradtx.combine import chain, renamed
 from gradtx.hyperparams import Decay, Interval, NonNegative, Positive
 from gradtx.moments import scale_by_ema
-from gradtx.numerics import abs_sq, ema, root_mean_square, rsqrt_or_zero
+from gradtx.numerics import abs_sq, at_least, ema, root_mean_square, rsqrt_or_zero
 from gradtx.transform import Field, Transformation, declare, elementwise, primitive
 
 DimSize = Annotated[int, Interval(0.0)]
@@ -170,11 +170,7 @@ def scale_by_param_block_rms(min_scale: NonNegative = 1e-3) -> Transformation:
         if step.params is None:
             raise UpdateError("update() needs params (call update(updates, state, params))")
 
-        def scaled(u, p):
-            rms = root_mean_square(p)
-            return u * jnp.where(rms <= min_scale, min_scale, rms)
-
-        return jax.tree.map(scaled, updates, step.params), {}
+        return jax.tree.map(lambda u, p: u * at_least(root_mean_square(p), min_scale), updates, step.params), {}
 
     return primitive(apply)
 

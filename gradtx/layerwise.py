@@ -18,14 +18,9 @@ from gradtx.base import UpdateError
 from gradtx.combine import chain, fork, identity, renamed
 from gradtx.hyperparams import AccumulatorDtype, Decay, NonNegative, NonNegativeOrSchedule
 from gradtx.moments import trace
-from gradtx.numerics import abs_sq, ema, real_dtype
+from gradtx.numerics import abs_sq, ema, leaf_norm, real_dtype
 from gradtx.scaling import MaskOrFn, add_decayed_weights, sqrt_eps
 from gradtx.transform import Field, Transformation, declare, primitive
-
-
-def leaf_norm(x: jax.Array) -> jax.Array:
-    """``||x|| = sqrt(sum |x|^2)`` over every element of one leaf (real-valued)."""
-    return jnp.sqrt(jnp.sum(abs_sq(x)))
 
 
 def trust_ratio(param_norm, update_norm, min_norm=0.0, trust_coefficient=1.0, eps=0.0) -> jax.Array:

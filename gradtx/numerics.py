@@ -71,6 +71,19 @@ def root_mean_square(x: jax.Array) -> jax.Array:
     return jnp.sqrt(jnp.mean(abs_sq(x)))
 
 
+def leaf_norm(x: jax.Array, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> jax.Array:
+    """``||x|| = sqrt(sum |x|^2)`` over ``axis`` (every element of the leaf by default),
+    real-valued: a layer's norm (the trust ratio, the parameter block norm) and, over some
+    axes, a unit's (adaptive gradient clipping)."""
+    return jnp.sqrt(jnp.sum(abs_sq(x), axis=axis, keepdims=keepdims))
+
+
+def at_least(x: jax.Array, floor) -> jax.Array:
+    """``max(x, floor)``, written ``floor where x <= floor, else x``: a block statistic with a
+    lower bound (Adafactor's parameter scale, the parameter block norm, AGC's parameter norm)."""
+    return jnp.where(x <= floor, floor, x)
+
+
 def tree_vdot(a, b) -> jax.Array:
     """``Re sum_leaves <a, b>``, ``a`` conjugated: the real inner product of two trees
     (summed leaf by leaf from 0, each leaf's product at the highest precision, as optax's

@@ -361,7 +361,6 @@ PRIMITIVES = [
 _CONCEPTS = "Concepts"
 OTHERS = [
     *(Entry(n, "combinator", "Combinators") for n in ("chain", "fork", "named_chain", "renamed", "stateless")),
-    *(Entry(n, "schedule", "Schedules") for n in ("constant_schedule", "cosine_decay_schedule", "triangular_schedule")),
     *(
         Entry(n, "contract", _CONCEPTS)
         for n in (

@@ -161,6 +161,13 @@ def foreign_name(t: GradientTransformation) -> str:
     return qualname.split(".<locals>")[0].split(".")[-1] or "transformation"
 
 
+def update_inner(t: GradientTransformation, updates: Updates, state: Any, step: Step) -> tuple[Updates, Any]:
+    """``t.update(updates, state, params, **extra)`` for a wrapper's inner transformation:
+    the extra keyword arguments of this call reach it only when it takes them."""
+    extra = step.extra if step.extra and _accepts_extra_args(t.update) else {}
+    return t.update(updates, state, step.params, **extra)
+
+
 def _accepts_extra_args(update_fn: Callable) -> bool:
     """Whether ``update_fn`` takes ``**extra`` (optax's plain transformations do not)."""
     try:

@@ -13,7 +13,14 @@ import pytest
 import gradtx
 from gradtx.registry import ENTRIES
 
-BAD = [pytest.param(e, bad, id=f"{e.name}({','.join(f'{k}={v!r}' for k, v in bad.kwargs.items())})")
+
+def _shown(v) -> str:
+    """An argument in a test id: functions and transformations by name (their reprs carry
+    addresses, which differ between pytest-xdist workers)."""
+    return getattr(v, "__name__", None) or (type(v).__name__ if callable(v) or hasattr(v, "update") else repr(v))
+
+
+BAD = [pytest.param(e, bad, id=f"{e.name}({','.join(f'{k}={_shown(v)}' for k, v in bad.kwargs.items())})")
        for e in ENTRIES for bad in e.bad]
 
 

@@ -4,4 +4,16 @@ Each module defines ``ROWS``, a list of ``gradtx.registry.Entry``; ``registry.EN
 is the core table followed by these, in the order of ``FAMILIES``. One table, kept in a
 few files so that a family's rows sit in one place."""
 
-FAMILIES = ("adam_variants", "layerwise", "sgd_variants", "factored", "quasi_newton")
+FAMILIES = (
+    "adam_variants",
+    "layerwise",
+    "sgd_variants",
+    "factored",
+    "quasi_newton",
+    "utilities",
+    "clipping",
+    "wrappers",
+    "masking",
+    "averaging",
+    "schedules",
+)
