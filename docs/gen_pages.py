@@ -856,6 +856,14 @@ def optax_group(name: str, obj: Any) -> str:
     return "Utilities"
 
 
+# Why an optax name of the optimizer, transformation, wrapper or schedule kinds has no gradtx name yet
+WHY_NOT = {
+    "ApplyEvery": "a state record: gradtx.apply_every's state is `ApplyEveryState`, named after the call",
+    "microbatch": "not yet: for gradient accumulation over micro-steps use gradtx.MultiSteps; a vmapped "
+    "micro-batching helper is planned",
+}
+KINDS_COUNTED = ("Optimizers", "Transformations", "Combinators and wrappers", "Schedules")
+
 GROUP_ORDER = [
     "Optimizers",
     "Transformations",
@@ -1033,6 +1041,8 @@ def optax_rows(module: types.ModuleType, prefix: str) -> dict[str, list[Row]]:
         if status != "same" and found:
             status = "remark" if eq is not None and eq.remark and found[0] == eq.text else "other"
         equivalent = found[0] if found else "not yet"
+        if not found and name in WHY_NOT:
+            notes.append(WHY_NOT[name])
         notes = found[1:] + notes
         group = (
             optax_group(name, obj)
@@ -1065,6 +1075,8 @@ def counts(groups: dict[str, list[Row]]) -> dict[str, int]:
 def coming_from_optax_page() -> tuple[str, str]:
     top, contrib = optax_rows(optax, "optax"), optax_rows(optax.contrib, "optax.contrib")
     n, c = counts(top), counts(contrib)
+    kinds = counts({g: top[g] for g in KINDS_COUNTED if g in top})
+    provided = kinds["all"] - kinds["none"]
     state_demo = Session().transcript(
         [
             "import jax.numpy as jnp, optax, gradtx",
@@ -1119,7 +1131,11 @@ is a trap:
 equivalent under another name or as a chain, {n["remark"]} need none in gradtx (the note
 says why), and {n["none"]} are not yet in gradtx. The names are `dir(optax)` without the
 private ones and the submodules, taken when this page was generated; every chain given
-as an equivalent was run against its optax name on the same gradients then.""",
+as an equivalent was run against its optax name on the same gradients then.
+
+Of the {kinds["all"]} names of the optimizer, transformation, wrapper and schedule kinds
+(the first four tables), gradtx provides {provided} ({100 * provided / kinds["all"]:.1f}%); the note of
+each one it does not provide says why.""",
         *comparison(top, "###"),
         f"""## optax.contrib
 
