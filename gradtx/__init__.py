@@ -106,6 +106,24 @@ from gradtx.utilities import *  # noqa: F403
 from gradtx.wrappers import *  # noqa: F403
 
 # isort: split
+# The recent methods (issue 10): each module lists its names in __all__.
+from gradtx.curvature import *  # noqa: F403
+from gradtx.galore import *  # noqa: F403
+from gradtx.kronecker import *  # noqa: F403
+from gradtx.lr_free import *  # noqa: F403
+from gradtx.matrix import *  # noqa: F403
+from gradtx.optimizers.curvature import *  # noqa: F403
+from gradtx.optimizers.lr_free import *  # noqa: F403
+from gradtx.optimizers.muon import *  # noqa: F403
+from gradtx.optimizers.preconditioned import *  # noqa: F403
+from gradtx.optimizers.recent import *  # noqa: F403
+from gradtx.plateau import *  # noqa: F403
+from gradtx.privacy import *  # noqa: F403
+from gradtx.recent_moments import *  # noqa: F403
+from gradtx.sam import *  # noqa: F403
+from gradtx.schedule_free import *  # noqa: F403
+
+# isort: split
 # After the names above: the registry describes them.
 from gradtx import registry, tree
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Optional, cast
 
 import jax
@@ -60,7 +61,9 @@ class Entry:
 
     def optax_factory(self, optax_module: Any) -> Callable[..., Any]:
         """``kwargs -> the optax twin``, given the optax module (a test dependency)."""
-        twin = getattr(optax_module, cast(str, self.optax))  # asked only of rows with an optax twin
+        # asked only of rows with an optax twin; a dotted name reaches into a submodule
+        # (``contrib.muon`` is ``optax.contrib.muon``: the caller imports ``optax.contrib``)
+        twin = functools.reduce(getattr, cast(str, self.optax).split("."), optax_module)
         return lambda **kwargs: twin(**kwargs, **self.optax_extra)
 
 
