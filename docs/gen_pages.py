@@ -859,8 +859,6 @@ def optax_group(name: str, obj: Any) -> str:
 # Why an optax name of the optimizer, transformation, wrapper or schedule kinds has no gradtx name yet
 WHY_NOT = {
     "ApplyEvery": "a state record: gradtx.apply_every's state is `ApplyEveryState`, named after the call",
-    "microbatch": "not yet: for gradient accumulation over micro-steps use gradtx.MultiSteps; a vmapped "
-    "micro-batching helper is planned",
 }
 KINDS_COUNTED = ("Optimizers", "Transformations", "Combinators and wrappers", "Schedules")
 

@@ -42,6 +42,7 @@ from gradtx.hyperparams import AccumulatorDtype, Decay, DecayBelowOne, LearningR
 from gradtx.layerwise import lars_trust_ratio, layer_second_moment, scale_by_novograd, scale_by_trust_ratio
 from gradtx.linesearch import scale_by_backtracking_linesearch, scale_by_zoom_linesearch
 from gradtx.masking import *  # noqa: F403
+from gradtx.microbatching import *  # noqa: F403
 from gradtx.moments import (
     bias_correct,
     infinity_norm,
@@ -125,7 +126,7 @@ from gradtx.schedule_free import *  # noqa: F403
 
 # isort: split
 # After the names above: the registry describes them.
-from gradtx import registry, tree
+from gradtx import microbatching, registry, tree
 
 __version__ = "0.2.0"
 

@@ -26,6 +26,12 @@ def ema(new: jax.Array, old: jax.Array, decay) -> jax.Array:
     return (1 - decay) * new + decay * old
 
 
+def running_mean(mean: jax.Array, x: jax.Array, n) -> jax.Array:
+    """``mean + (x - mean) / (n + 1)``: the mean of ``n + 1`` values from the mean of the
+    first ``n`` and the next one (Welford's update; ``n = 0`` gives ``x``)."""
+    return mean + (x - mean) / (n + 1)
+
+
 def heavy_ball(g: jax.Array, v: jax.Array, decay) -> jax.Array:
     """``g + decay * v``: one step of heavy-ball accumulation."""
     return g + decay * v

@@ -34,7 +34,7 @@ from gradtx.base import (
     UpdateError,
     Updates,
 )
-from gradtx.combine import chain, fork, identity, stateless
+from gradtx.combine import chain, stateless
 from gradtx.hyperparams import (
     AccumulatorDtype,
     Decay,
@@ -44,11 +44,11 @@ from gradtx.hyperparams import (
     Positive,
     Real,
 )
-from gradtx.moments import bias_correct, infinity_norm, interpolated_ema, running_max, scale_by_ema, second_moment
+from gradtx.moments import infinity_norm, interpolated_ema
 from gradtx.numerics import abs_sq, debias, ema, leaf_norm, real_dtype, root_mean_square, tree_vdot
 from gradtx.numerics import safe_increment as _integer_increment
-from gradtx.optimizers.adam import adam_direction
-from gradtx.scaling import MaskOrFn, global_norm, scale_by_sign, scale_by_sum_of_squares, sqrt_eps
+from gradtx.optimizers.adam import adam_direction, scale_by_adamax, scale_by_amsgrad
+from gradtx.scaling import MaskOrFn, global_norm, scale_by_sign, scale_by_sum_of_squares
 from gradtx.transform import Field, Transformation, _accepts_extra_args, declare, elementwise, primitive
 
 __all__ = [
@@ -106,58 +106,6 @@ def scale_by_adam(
     ('ScaleByAdamState', Array([ 1., -1.], dtype=float32))
     """
     return adam_direction(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov)
-
-
-@declare
-def scale_by_adamax(b1: DecayBelowOne = 0.9, b2: Decay = 0.999, eps: NonNegative = 1e-8) -> Transformation:
-    """``u -> m_hat / nu``, ``m_hat = ema(u, b1) / (1 - b1^t)``, ``nu = max(b2 * nu, |u| + eps)``: Adamax's direction.
-
-    Chain: ``fork(scale_by_ema(b1) -> bias_correct(b1), infinity_norm(b2, eps),
-    join=divide)`` (``adamax`` without its learning rate). State: ``count, mu, nu``
-    (optax's fields; optax names the record ``ScaleByAdamState``, gradtx
-    ``ScaleByAdamaxState``, after the call).
-
-    >>> import jax.numpy as jnp, gradtx
-    >>> tx = gradtx.scale_by_adamax()
-    >>> updates, _ = tx.update(jnp.array([-2.0]), tx.init(jnp.zeros(1)))
-    >>> updates.round(6)
-    Array([-1.], dtype=float32)
-    """
-    return fork(chain(scale_by_ema(b1), bias_correct(b1)), infinity_norm(b2, eps), join=jnp.divide)
-
-
-@declare
-def scale_by_amsgrad(
-    b1: DecayBelowOne = 0.9,
-    b2: DecayBelowOne = 0.999,
-    eps: NonNegative = 1e-8,
-    eps_root: NonNegative = 0.0,
-    mu_dtype: AccumulatorDtype = None,
-    bias_correction_mu: bool = True,
-    bias_correction_nu: bool = True,
-) -> Transformation:
-    """``u -> m_hat / (sqrt(nu_max + eps_root) + eps)``, ``nu_max = max(nu_max, v_hat)``: AMSGrad's direction.
-
-    Chain: ``fork(scale_by_ema(b1) -> bias_correct(b1), second_moment(b2) -> bias_correct(b2)
-    -> running_max -> sqrt_eps, join=divide)`` (``amsgrad`` without its learning rate);
-    ``bias_correction_mu`` / ``bias_correction_nu`` drop either correction (the paper has
-    none). State: ``count, mu, nu, nu_max`` (no ``count`` without bias correction: nothing
-    reads it).
-
-    >>> import jax.numpy as jnp, gradtx
-    >>> tx = gradtx.scale_by_amsgrad()
-    >>> updates, state = tx.update(jnp.array([3.0]), tx.init(jnp.zeros(1)))
-    >>> state._fields, updates.round(4)  # the first step is sign(g), up to eps and rounding
-    (('count', 'mu', 'nu', 'nu_max'), Array([1.], dtype=float32))
-    """
-    first = chain(scale_by_ema(b1, accumulator_dtype=mu_dtype), bias_correct(b1) if bias_correction_mu else identity())
-    second = chain(
-        second_moment(b2),
-        bias_correct(b2) if bias_correction_nu else identity(),
-        running_max(),
-        sqrt_eps(eps=eps, eps_root=eps_root),
-    )
-    return fork(first, second, join=jnp.divide)
 
 
 LionMode = Annotated[str, OneOf(("hard", "smooth", "refined"))]

@@ -36,7 +36,7 @@ from jax.typing import ArrayLike, DTypeLike
 from gradtx import _tree
 from gradtx.base import GradientTransformation, Params, Schedule, UpdateError, Updates
 from gradtx.hyperparams import AccumulatorDtype, InexactDtype, _fail, constraint_of
-from gradtx.numerics import abs_sq, real_dtype, safe_increment, zero_count
+from gradtx.numerics import abs_sq, real_dtype, running_mean, safe_increment, zero_count
 from gradtx.transform import (
     _BUILDING,
     Field,
@@ -637,7 +637,7 @@ def multi_steps(
     should_skip = should_skip_update_fn if should_skip_update_fn is not None else _no_skip
 
     def accumulate(g, acc, n):
-        return acc + (g - acc) / (n + 1) if use_grad_mean else g + acc  # Welford's mean, optax's order
+        return running_mean(acc, g, n) if use_grad_mean else g + acc
 
     def micro_step(updates, state, step: Step):
         k = every_k(state["gradient_step"])

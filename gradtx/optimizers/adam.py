@@ -148,6 +148,58 @@ def nadam(
 
 
 @declare
+def scale_by_adamax(b1: DecayBelowOne = 0.9, b2: Decay = 0.999, eps: NonNegative = 1e-8) -> Transformation:
+    """``u -> m_hat / nu``, ``m_hat = ema(u, b1) / (1 - b1^t)``, ``nu = max(b2 * nu, |u| + eps)``: Adamax's direction.
+
+    Chain: ``fork(scale_by_ema(b1) -> bias_correct(b1), infinity_norm(b2, eps),
+    join=divide)`` (``adamax`` without its learning rate). State: ``count, mu, nu``
+    (optax's fields; optax names the record ``ScaleByAdamState``, gradtx
+    ``ScaleByAdamaxState``, after the call).
+
+    >>> import jax.numpy as jnp, gradtx
+    >>> tx = gradtx.scale_by_adamax()
+    >>> updates, _ = tx.update(jnp.array([-2.0]), tx.init(jnp.zeros(1)))
+    >>> updates.round(6)
+    Array([-1.], dtype=float32)
+    """
+    return fork(chain(scale_by_ema(b1), bias_correct(b1)), infinity_norm(b2, eps), join=jnp.divide)
+
+
+@declare
+def scale_by_amsgrad(
+    b1: DecayBelowOne = 0.9,
+    b2: DecayBelowOne = 0.999,
+    eps: NonNegative = 1e-8,
+    eps_root: NonNegative = 0.0,
+    mu_dtype: AccumulatorDtype = None,
+    bias_correction_mu: bool = True,
+    bias_correction_nu: bool = True,
+) -> Transformation:
+    """``u -> m_hat / (sqrt(nu_max + eps_root) + eps)``, ``nu_max = max(nu_max, v_hat)``: AMSGrad's direction.
+
+    Chain: ``fork(scale_by_ema(b1) -> bias_correct(b1), second_moment(b2) -> bias_correct(b2)
+    -> running_max -> sqrt_eps, join=divide)`` (``amsgrad`` without its learning rate);
+    ``bias_correction_mu`` / ``bias_correction_nu`` drop either correction (the paper has
+    none). State: ``count, mu, nu, nu_max`` (no ``count`` without bias correction: nothing
+    reads it).
+
+    >>> import jax.numpy as jnp, gradtx
+    >>> tx = gradtx.scale_by_amsgrad()
+    >>> updates, state = tx.update(jnp.array([3.0]), tx.init(jnp.zeros(1)))
+    >>> state._fields, updates.round(4)  # the first step is sign(g), up to eps and rounding
+    (('count', 'mu', 'nu', 'nu_max'), Array([1.], dtype=float32))
+    """
+    first = chain(scale_by_ema(b1, accumulator_dtype=mu_dtype), bias_correct(b1) if bias_correction_mu else identity())
+    second = chain(
+        second_moment(b2),
+        bias_correct(b2) if bias_correction_nu else identity(),
+        running_max(),
+        sqrt_eps(eps=eps, eps_root=eps_root),
+    )
+    return fork(first, second, join=jnp.divide)
+
+
+@declare
 def amsgrad(
     learning_rate: LearningRate,
     b1: DecayBelowOne = 0.9,
@@ -163,8 +215,7 @@ def amsgrad(
         v_max = max(v_max, v_hat)
         p = p - lr * m_hat / (sqrt(v_max + eps_root) + eps)
 
-    Chain: ``fork(scale_by_ema(b1) -> bias_correct(b1), second_moment(b2) -> bias_correct(b2)
-    -> running_max -> sqrt_eps, join=divide) -> scale_by_learning_rate``.
+    Chain: ``scale_by_amsgrad(b1, b2, eps, eps_root, ...) -> scale_by_learning_rate``.
     State: ``count, mu, nu, nu_max`` (no ``count`` without bias correction).
 
     >>> import jax.numpy as jnp, gradtx
@@ -173,14 +224,8 @@ def amsgrad(
     >>> updates.round(6)
     Array([-0.01], dtype=float32)
     """
-    first = chain(scale_by_ema(b1, accumulator_dtype=mu_dtype), bias_correct(b1) if bias_correction_mu else identity())
-    second = chain(
-        second_moment(b2),
-        bias_correct(b2) if bias_correction_nu else identity(),
-        running_max(),
-        sqrt_eps(eps=eps, eps_root=eps_root),
-    )
-    return chain(fork(first, second, join=jnp.divide), scale_by_learning_rate(learning_rate))
+    direction = scale_by_amsgrad(b1, b2, eps, eps_root, mu_dtype, bias_correction_mu, bias_correction_nu)
+    return chain(direction, scale_by_learning_rate(learning_rate))
 
 
 @declare
@@ -193,8 +238,7 @@ def adamax(
         u = max(b2 * u, |g| + eps)
         p = p - lr * m_hat / u
 
-    Chain: ``fork(scale_by_ema(b1) -> bias_correct(b1), infinity_norm(b2, eps), join=divide)
-    -> scale_by_learning_rate``. State: ``count, mu, nu``.
+    Chain: ``scale_by_adamax(b1, b2, eps) -> scale_by_learning_rate``. State: ``count, mu, nu``.
 
     >>> import jax.numpy as jnp, gradtx
     >>> opt = gradtx.adamax(1e-2)
@@ -202,8 +246,7 @@ def adamax(
     >>> updates.round(6)
     Array([0.01], dtype=float32)
     """
-    first = chain(scale_by_ema(b1), bias_correct(b1))
-    return chain(fork(first, infinity_norm(b2, eps), join=jnp.divide), scale_by_learning_rate(learning_rate))
+    return chain(scale_by_adamax(b1, b2, eps), scale_by_learning_rate(learning_rate))
 
 
 @declare
@@ -257,8 +300,8 @@ def adamaxw(
         u = max(b2 * u, |g| + eps)
         p = p - lr * (m_hat / u + weight_decay * p)
 
-    Chain: ``fork(scale_by_ema(b1) -> bias_correct(b1), infinity_norm(b2, eps), join=divide)
-    -> add_decayed_weights(weight_decay, mask) -> scale_by_learning_rate``.
+    Chain: ``scale_by_adamax(b1, b2, eps) -> add_decayed_weights(weight_decay, mask)
+    -> scale_by_learning_rate``.
     State: ``count, mu, nu``.
 
     >>> import jax.numpy as jnp, gradtx
@@ -268,9 +311,8 @@ def adamaxw(
     >>> updates.round(6)  # the first step is -lr * sign(g), up to eps
     Array([0.01], dtype=float32)
     """
-    first = chain(scale_by_ema(b1), bias_correct(b1))
     return chain(
-        fork(first, infinity_norm(b2, eps), join=jnp.divide),
+        scale_by_adamax(b1, b2, eps),
         add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )

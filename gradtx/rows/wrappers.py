@@ -166,4 +166,24 @@ ROWS: list[Entry] = [
         "the record of gradtx.conditionally_transform",
     ),
     _row("ConditionallyMaskState", "contract", "ConditionallyMaskState", "the record of gradtx.conditionally_mask"),
+    _row(
+        "microbatch",
+        "wrapper",
+        "microbatch",
+        "optax.microbatch on the same functions and batches: sum, mean, running mean, concatenation, "
+        "trees of rules, num_real_microbatches",
+        bad=(
+            bad_args(message="microbatch_size must be an int >= 1", fun=abs, argnums=0, microbatch_size=0),
+            bad_args(
+                message="accumulator must be an AccumulationType or one of 'mean', 'sum', 'running_mean', 'concat'",
+                fun=abs,
+                argnums=0,
+                microbatch_size=2,
+                accumulator="median",
+            ),
+        ),
+    ),
+    _row("micro_vmap", "wrapper", None, "optax.microbatching.micro_vmap and jax.vmap on the same functions"),
+    _row("reshape_batch_axis", "utility", None, "optax.microbatching.reshape_batch_axis on the same trees"),
+    _row("AccumulationType", "contract", None, "optax.microbatching.AccumulationType: microbatch's accumulator"),
 ]
