@@ -102,6 +102,7 @@ from gradtx.scaling import (
     sqrt_eps,
 )
 from gradtx.schedules import *  # noqa: F403 - each of these modules lists its names in __all__
+from gradtx.sharding import *  # noqa: F403
 from gradtx.transform import Field, Step, Transformation, declare, primitive
 from gradtx.utilities import *  # noqa: F403
 from gradtx.wrappers import *  # noqa: F403

@@ -16,6 +16,7 @@ FAMILIES = (
     "lr_free",
     "preconditioned",
     "curvature",
+    "sharding",
     "utilities",
     "clipping",
     "wrappers",
