@@ -433,6 +433,32 @@ two-loop recursion; a line search along that direction picks the step (the zoom 
 enforces the strong Wolfe conditions). Its `update` takes the loss `value`, the `grad`
 and the `value_fn` as extra keyword arguments, as optax's does.
 """,
+    "Recent methods": r"""
+The optimizers of 2024-2026, optax.contrib's set under its names and arguments, and two
+that optax does not have: SOAP and Shampoo. Each is a chain of gradtx's primitives; the
+formulas new to these methods each have one home (the companion page,
+[Recent primitives](../primitives/recent-primitives.md)):
+
+- *Orthogonalized momentum* (Muon): $u \to \mathrm{NS}_k(\mu)$, the Newton-Schulz
+  iteration $X \leftarrow aX + b(XX^\top)X + c(XX^\top)^2X$ driving the momentum of each
+  matrix towards $UV^\top$ of its SVD; Adam for the other leaves.
+- *Schedule-free* averaging: gradients are taken at $y = (1-\beta)z + \beta x$, the base
+  optimizer steps $z$, and $x$ is the running weighted average of the $z$ iterates.
+- *Learning-rate-free* step sizes (DoG, DoWG, Prodigy, D-Adaptation, COCOB, Mechanic,
+  MoMo): the step grows with the distance travelled from the initial point, $\bar r_t =
+  \max_{s \le t}\lVert x_s - x_0\rVert$, over the accumulated gradient norms.
+- *Kronecker-factored preconditioning* (Shampoo, SOAP): for a matrix gradient $G$,
+  $L \leftarrow L + GG^\top$, $R \leftarrow R + G^\top G$, and the step
+  $L^{-1/4} G R^{-1/4}$ (Shampoo), or Adam run in the eigenbasis of $L$ and $R$ (SOAP).
+- *Wrappers* that take any optimizer: `cautious(tx)` zeroes the components of the step
+  whose sign disagrees with the gradient; `sam` takes the step from an adversarially
+  perturbed point; `reduce_on_plateau` scales the step down when the loss stalls.
+""",
+    "Recent primitives": r"""
+The formulas that the [recent methods](../optimizers/recent-methods.md) introduce, each
+written once and shared by every optimizer that needs it, and optax.contrib's stages
+(`scale_by_*`) under their names.
+""",
     "Sign methods": r"""
 The update is the sign of a momentum, so every coordinate moves by the learning rate:
 

@@ -44,6 +44,7 @@ from gradtx.hyperparams import (
     Positive,
     Real,
 )
+from gradtx.lr_free import add_sq_norm, max_distance
 from gradtx.moments import infinity_norm, interpolated_ema
 from gradtx.numerics import abs_sq, debias, ema, leaf_norm, real_dtype, root_mean_square, tree_vdot
 from gradtx.numerics import safe_increment as _integer_increment
@@ -189,6 +190,9 @@ def scale_by_distance_over_gradients(
         eta_t = r_t / sqrt(sum_{i <= t} ||g_i||^2 + eps)
         u -> global_scale * eta_t * g_t
 
+    The two estimates are ``gradtx.lr_free``'s ``max_distance`` and ``add_sq_norm``, taken
+    here leaf by leaf (``dog`` and ``dowg`` take them over the whole tree).
+
     This is the authors' ``LDoG`` (formll/dog) and optax 0.2.8's formula: ``eps`` is
     added once to the sum of squares, and the distance includes the current params (it
     needs ``params``). There is no learning rate: chain ``scale(-1)`` (or pass
@@ -219,13 +223,9 @@ def scale_by_distance_over_gradients(
     def apply(updates, state, step):
         if step.params is None:
             raise UpdateError("update() needs params (call update(updates, state, params))")
-        max_dist = jax.tree.map(
-            lambda r, p, p0: jnp.maximum(r, leaf_norm(p - p0)).astype(r.dtype),
-            state["max_dist"],
-            step.params,
-            state["init_params"],
-        )
-        sos = jax.tree.map(lambda s, g: (s + jnp.sum(abs_sq(g))).astype(s.dtype), state["grad_sum_of_squares"], updates)
+        # the distance-over-gradients estimates' one home (gradtx.lr_free), leaf by leaf
+        max_dist = jax.tree.map(max_distance, state["max_dist"], step.params, state["init_params"])
+        sos = jax.tree.map(add_sq_norm, state["grad_sum_of_squares"], updates)
         updates = jax.tree.map(
             lambda g, r, s: (global_scale * (r / jnp.sqrt(s + eps))).astype(g.dtype) * g, updates, max_dist, sos
         )

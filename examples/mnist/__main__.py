@@ -14,14 +14,14 @@ from pathlib import Path
 from examples.mnist import data as data_lib
 from examples.mnist import report
 from examples.mnist.models import MODELS
-from examples.mnist.train import LR_SCHEDULES, OPTIMIZERS, train
+from examples.mnist.train import CLASSIC, LR_SCHEDULES, OPTIMIZERS, train
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m examples.mnist", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--optimizers", default=",".join(OPTIMIZERS),
-                   help=f"comma-separated, from {','.join(OPTIMIZERS)} (default: all)")
+    p.add_argument("--optimizers", default=",".join(CLASSIC),
+                   help=f"comma-separated, from {','.join(OPTIMIZERS)} (default: the classic {len(CLASSIC)})")
     p.add_argument("--model", choices=sorted(MODELS), default="mlp")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=64)

@@ -9,7 +9,7 @@ one key per epoch, so a run is the same on every call on the same machine.
 from __future__ import annotations
 
 import time
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +26,19 @@ class OptimizerSpec(NamedTuple):
     build: Callable[[gradtx.ScalarOrSchedule], gradtx.GradientTransformation]  # learning rate -> tx
     learning_rate: float
     hyperparameters: str
+    # what ``update`` needs besides the gradients, from the batch's loss and the objective
+    # ``params -> loss`` on this batch (MoMo's ``value``, Sophia's ``obj_fn``)
+    update_kwargs: Optional[Callable[[jax.Array, Callable], dict]] = None
+    # the params to evaluate from ``(opt_state, params)`` (schedule-free: the average x)
+    eval_params: Optional[Callable] = None
+
+
+def _loss_value(loss, objective):
+    return {"value": loss}
+
+
+def _schedule_free_eval(opt_state, params):
+    return gradtx.schedule_free_eval_params(opt_state, params)
 
 
 # The tutorials' settings.
@@ -39,6 +52,46 @@ OPTIMIZERS = {
     "adadelta": OptimizerSpec(gradtx.adadelta, 1.0, "lr 1.0, rho 0.9"),
     "adam": OptimizerSpec(gradtx.adam, 1e-3, "lr 1e-3, b1 0.9, b2 0.999"),
 }
+CLASSIC = tuple(OPTIMIZERS)
+
+# The recent methods (docs/optimizers/recent-methods.md), at the settings their papers or
+# optax.contrib recommend; the learning-rate-free ones at their nominal 1.0.
+OPTIMIZERS.update({
+    "muon": OptimizerSpec(lambda lr: gradtx.muon(lr, adam_learning_rate=1e-3), 2e-2,
+                          "lr 2e-2 (matrices), Adam 1e-3 (vectors), beta 0.95, Nesterov"),
+    "adopt": OptimizerSpec(gradtx.adopt, 1e-3, "lr 1e-3, b1 0.9, b2 0.9999"),
+    "ademamix": OptimizerSpec(gradtx.ademamix, 1e-3, "lr 1e-3, b3 0.9999, alpha 5"),
+    "simplified_ademamix": OptimizerSpec(gradtx.simplified_ademamix, 1e-5,
+                                         "lr 1e-5 (a sum of gradients, not an average), b1 0.99"),
+    "madgrad": OptimizerSpec(gradtx.madgrad, 1e-2, "lr 1e-2, momentum 0.9"),
+    "acprop": OptimizerSpec(gradtx.acprop, 1e-3, "lr 1e-3"),
+    "cautious_adamw": OptimizerSpec(lambda lr: gradtx.cautious(gradtx.adamw(lr)), 1e-3, "cautious(adamw(1e-3))"),
+    "schedule_free_sgd": OptimizerSpec(gradtx.schedule_free_sgd, 1e-1, "lr 1e-1, b1 0.9",
+                                       eval_params=_schedule_free_eval),
+    "schedule_free_adamw": OptimizerSpec(gradtx.schedule_free_adamw, 2.5e-3, "lr 2.5e-3, b1 0.9",
+                                         eval_params=_schedule_free_eval),
+    "prodigy": OptimizerSpec(gradtx.prodigy, 1.0, "lr 1.0 (learning-rate free)"),
+    "dadapt_adamw": OptimizerSpec(gradtx.dadapt_adamw, 1.0, "lr 1.0 (learning-rate free)"),
+    "dog": OptimizerSpec(gradtx.dog, 1.0, "lr 1.0 (learning-rate free)"),
+    "dowg": OptimizerSpec(gradtx.dowg, 1.0, "lr 1.0 (learning-rate free)"),
+    "cocob": OptimizerSpec(gradtx.cocob, 1.0, "alpha 100 (learning-rate free)"),
+    "mechanize": OptimizerSpec(lambda lr: gradtx.mechanize(gradtx.adam(lr)), 1e-3, "mechanize(adam(1e-3))"),
+    "momo": OptimizerSpec(gradtx.momo, 1.0, "lr 1.0, beta 0.9 (Polyak-type, reads the loss)",
+                          update_kwargs=_loss_value),
+    "momo_adam": OptimizerSpec(gradtx.momo_adam, 1e-2, "lr 1e-2 (Polyak-type, reads the loss)",
+                               update_kwargs=_loss_value),
+    "sophia": OptimizerSpec(gradtx.sophia, 1e-3, "lr 1e-3, Hessian estimate every 10 steps",
+                            update_kwargs=lambda loss, objective: {"obj_fn": objective}),
+    "sam": OptimizerSpec(lambda lr: gradtx.sam(gradtx.adam(lr), gradtx.chain(gradtx.normalize(), gradtx.sgd(5e-2))),
+                         1e-3, "adam(1e-3), rho 0.05 (two gradients per step)"),
+    "galore": OptimizerSpec(lambda lr: gradtx.galore(lr, rank=32, update_proj_gap=200), 1e-3,
+                            "lr 1e-3, rank 32, projection every 200 steps"),
+    "soap": OptimizerSpec(gradtx.soap, 3e-3, "lr 3e-3, eigenbasis every 10 steps"),
+    "shampoo": OptimizerSpec(gradtx.shampoo, 1e-3, "lr 1e-3"),
+    "reduce_on_plateau": OptimizerSpec(
+        lambda lr: gradtx.chain(gradtx.adam(lr), gradtx.reduce_on_plateau(patience=50, accumulation_size=25)),
+        1e-3, "adam(1e-3), lr x0.1 after 50 stalled steps", update_kwargs=_loss_value),
+})
 LR_SCHEDULES = ("constant", "cosine")
 
 
@@ -59,16 +112,28 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return -jnp.mean(jnp.take_along_axis(log_probs, labels[:, None], axis=1))
 
 
-def make_functions(graphdef: nnx.GraphDef, batch_size: int, eval_chunk: int = 1000):
+def make_functions(graphdef: nnx.GraphDef, batch_size: int, eval_chunk: int = 1000,
+                   spec: Optional[OptimizerSpec] = None):
     """``train_epoch(state, images, labels, key) -> (state, step_losses)`` and
-    ``accuracy(state, images, labels) -> fraction correct``, both jitted."""
+    ``accuracy(state, images, labels) -> fraction correct``, both jitted; ``spec`` says
+    what else the optimizer's update reads and which params to evaluate."""
+    update_kwargs = spec.update_kwargs if spec is not None else None
+    eval_params = spec.eval_params if spec is not None else None
 
     def train_step(carry, batch_indices):
         state, images, labels = carry
         model, optimizer = nnx.merge(graphdef, state)
         x, y = images[batch_indices], labels[batch_indices]
         loss, grads = nnx.value_and_grad(lambda m: cross_entropy(m(x), y))(model)
-        optimizer.update(model, grads)
+        kwargs = {}
+        if update_kwargs is not None:
+            model_def, _, rest = nnx.split(model, nnx.Param, ...)
+
+            def objective(params):
+                return cross_entropy(nnx.merge(model_def, params, rest)(x), y)
+
+            kwargs = update_kwargs(loss, objective)
+        optimizer.update(model, grads, **kwargs)
         return (nnx.state((model, optimizer)), images, labels), loss
 
     @jax.jit
@@ -81,7 +146,12 @@ def make_functions(graphdef: nnx.GraphDef, batch_size: int, eval_chunk: int = 10
 
     @jax.jit
     def accuracy(state, images, labels):
-        model, _ = nnx.merge(graphdef, state)
+        model, optimizer = nnx.merge(graphdef, state)
+        if eval_params is not None:
+            params = nnx.state(model, nnx.Param)
+            opt_state = jax.tree.map(lambda v: v[...], optimizer.opt_state,
+                                     is_leaf=lambda v: isinstance(v, nnx.Variable))
+            nnx.update(model, eval_params(opt_state, params))
         n = images.shape[0]
         chunks = -(-n // eval_chunk)
         pad = chunks * eval_chunk - n
@@ -117,7 +187,7 @@ def train(model_name: str, optimizer_name: str, data: Dataset, *, epochs: int, b
     held_images, held_labels = jnp.asarray(data.held_out.images), jnp.asarray(data.held_out.labels)
     key = jax.random.key(seed)
 
-    train_epoch, accuracy = make_functions(graphdef, batch_size)
+    train_epoch, accuracy = make_functions(graphdef, batch_size, spec=spec)
     start = time.perf_counter()
     train_epoch = train_epoch.lower(state, images, labels, key).compile()
     accuracy = accuracy.lower(state, held_images, held_labels).compile()

@@ -88,7 +88,8 @@ ROWS: list[Entry] = [
         _STAGES,
         reference=(
             "optax.scale_by_distance_over_gradients on a tree without scalar leaves (100 steps, float64, rtol 1e-10, "
-            "every state field); the authors' L-DoG (formll/dog) in numpy float64; " + _TESTS
+            "every state field); the authors' L-DoG (formll/dog) in numpy float64; " + _TESTS + "; its estimates "
+            "are gradtx.lr_free's max_distance and add_sq_norm (mutants of them: tests/test_lr_free.py)"
         ),
         bad=(
             bad_args(reps_rel=0.0, message="reps_rel must be > 0"),
