@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # (mypy on a user's script, run from anywhere) find the installed gradtx and its py.typed.
 EDITABLE_MODE := --config-settings editable_mode=compat
 
-.PHONY: test lint demo mnist-figures bench bench-quick docs clean
+.PHONY: test lint demo mnist-figures bench bench-quick device-check docs clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -52,6 +52,10 @@ bench: $(VENV)/.bench-deps
 
 bench-quick: $(VENV)/.bench-deps
 	$(BIN)/python -m benchmarks --quick
+
+# On whatever accelerator JAX finds (CPU here): the device, a parity check, the quick benchmarks.
+device-check: $(VENV)/.bench-deps
+	$(BIN)/python -m benchmarks.device_check
 
 # The generated pages (docs/gen_pages.py, committed), then the site into site/ (not committed).
 docs: $(VENV)/.docs-deps

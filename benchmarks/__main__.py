@@ -29,6 +29,8 @@ import gc  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
@@ -108,6 +110,8 @@ def main() -> None:
     parser.add_argument("--no-e2e", action="store_true", help="skip the MNIST MLP end-to-end run")
     parser.add_argument("--optimizers", help="comma-separated subset, on every tree of the run")
     parser.add_argument("--trees", help=f"comma-separated subset of {', '.join(N_LEAVES)}")
+    parser.add_argument("--no-extra", action="store_true",
+                        help=f"skip the separate benchmarks ({', '.join(EXTRA)}), each its own process")
     args = parser.parse_args()
     cfg = dict(QUICK if args.quick else FULL)
     if args.optimizers:
@@ -131,6 +135,8 @@ def main() -> None:
         print("... MNIST MLP end to end", flush=True)
         report["e2e"] = e2e.run(args.quick)
     report["state_size"] = state_size.table((4096, 4096))
+    if not args.no_extra:
+        report["extra"] = {name: run_extra(name, args.quick) for name in EXTRA}
     report["wall_s"] = time.perf_counter() - t_start
     print()
     print(render(report))
@@ -138,6 +144,20 @@ def main() -> None:
     with open(args.json, "w") as f:
         json.dump(report, f, indent=1)
     print(f"\nJSON: {args.json}  ({report['wall_s']:.0f} s)")
+
+
+# Benchmarks with their own process and tables: Muon against optax.contrib.muon (4096 x 4096
+# and ResNet-50 shapes), SOAP and Shampoo against Adam (step, refresh and state bytes), and
+# the fused step inside an unmodified Flax NNX train step.
+EXTRA = ("muon", "preconditioned", "flax_step")
+
+
+def run_extra(name: str, quick: bool) -> str:
+    """``python -m benchmarks.<name> [--quick]``'s printed tables (its errors, if it failed)."""
+    print(f"... benchmarks.{name}", flush=True)
+    cmd = [sys.executable, "-m", f"benchmarks.{name}", *(["--quick"] if quick else [])]
+    run = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    return run.stdout if run.returncode == 0 else f"failed ({run.returncode}):\n{run.stderr[-2000:]}"
 
 
 def render(report: dict) -> str:
@@ -194,6 +214,9 @@ def render(report: dict) -> str:
     if "state_size" in report:
         out.append("\n### Optimizer state size (jax.eval_shape of init)\n")
         out.append(report["state_size"])
+    for name, text in report.get("extra", {}).items():
+        out.append(f"\n### `python -m benchmarks.{name}`\n")
+        out.append(text.strip())
     return "\n".join(out)
 
 

@@ -454,6 +454,15 @@ formulas new to these methods each have one home (the companion page,
   whose sign disagrees with the gradient; `sam` takes the step from an adversarially
   perturbed point; `reduce_on_plateau` scales the step down when the loss stalls.
 """,
+    "Sharding": r"""
+The optimizer state on a device mesh: `state_sharding(tx, params)` says where every leaf
+of `tx.init(params)` lives (params-shaped fields like their params, statistics that keep
+some of a param's dimensions along those dimensions' mesh axes, scalars replicated),
+without computing the state; `sharded_init` builds it there. `zero1(tx, mesh, axis)`
+shards the state over the data-parallel axis while the params stay replicated, and
+`fsdp_sharding` applies the same rule (MaxText's: the first dimension divisible by the
+axis size) to the params. The [sharding guide](../guides/sharding.md) has the figures.
+""",
     "Recent primitives": r"""
 The formulas that the [recent methods](../optimizers/recent-methods.md) introduce, each
 written once and shared by every optimizer that needs it, and optax.contrib's stages
@@ -518,8 +527,8 @@ def optimizer_page(section: str) -> tuple[str, str]:
             f"{link(path, 'coming_from_optax.md', 'coming from optax')}."
         ),
     ]
-    for e in entries:
-        body += [api(e.name), optimizer_facts(e)]
+    for e in entries:  # (a wrapper in an optimizer section has no grid: its docstring only)
+        body += [api(e.name), optimizer_facts(e)] if e.grid else [api(e.name)]
     return path, "\n\n".join(b for b in body if b)
 
 

@@ -16,8 +16,9 @@ def zeros_like(tree: Any, dtype=None) -> Any:
 
 def real_full_like(tree: Any, value: jax.typing.ArrayLike = 0.0) -> Any:
     """A tree of arrays shaped like ``tree``, filled with ``value``, in each leaf's real dtype
-    (float32 for complex64): the home of every ``|u|^2``-type state."""
-    return jax.tree.map(lambda x: jnp.full(jnp.shape(x), value, real_dtype(jnp.asarray(x).dtype)), tree)
+    (float32 for complex64): the home of every ``|u|^2``-type state. ``full_like`` keeps a
+    sharded leaf's sharding (an eager init on sharded params gives sharded state)."""
+    return jax.tree.map(lambda x: jnp.full_like(x, value, dtype=real_dtype(jnp.asarray(x).dtype)), tree)
 
 
 def cast(tree: Any, dtype) -> Any:

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import enum
 import functools
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Callable, Sequence, Union, cast
 
 import jax
 import jax.numpy as jnp
 
 from gradtx.numerics import running_mean
 
-__all__ = ["AccumulationType", "microbatch", "micro_vmap", "reshape_batch_axis"]
+__all__ = ["AccumulationType", "micro_vmap", "microbatch", "reshape_batch_axis"]
 
 
 class AccumulationType(enum.Enum):
@@ -46,7 +46,9 @@ def _kind(value: Any) -> AccumulationType:
     if isinstance(value, str) and value.upper() in AccumulationType.__members__:
         return AccumulationType[value.upper()]
     names = ", ".join(repr(k.lower()) for k in AccumulationType.__members__)
-    raise ValueError(f"gradtx.microbatch(accumulator={value!r}): accumulator must be an AccumulationType or one of {names}")
+    raise ValueError(
+        f"gradtx.microbatch(accumulator={value!r}): accumulator must be an AccumulationType or one of {names}"
+    )
 
 
 def reshape_batch_axis(tree: Any, microbatch_size: int, axis: int = 0) -> Any:
@@ -74,9 +76,7 @@ def _combine(kind: AccumulationType, n: int):
 
 
 def _floating_check(kind: AccumulationType, path: str, value: jax.ShapeDtypeStruct) -> None:
-    if kind in (AccumulationType.MEAN, AccumulationType.RUNNING_MEAN) and not jnp.issubdtype(
-        value.dtype, jnp.inexact
-    ):
+    if kind in (AccumulationType.MEAN, AccumulationType.RUNNING_MEAN) and not jnp.issubdtype(value.dtype, jnp.inexact):
         raise TypeError(
             f"gradtx.microbatch: the output at {path or '<root>'} is {value.dtype}; a mean needs a "
             "floating or complex output (use accumulator=AccumulationType.SUM)"
@@ -130,8 +130,8 @@ def microbatch(
     kinds = jax.tree.map(_kind, accumulator, is_leaf=lambda x: isinstance(x, (AccumulationType, str)))
 
     def microbatched(*args, **kwargs):
-        slots = [("args", i) for i in argnums] + [("kwargs", k) for k in argnames]
-        inputs = {"args": list(args), "kwargs": dict(kwargs)}
+        slots: list[tuple[str, Any]] = [("args", i) for i in argnums] + [("kwargs", k) for k in argnames]
+        inputs: dict[str, Any] = {"args": list(args), "kwargs": dict(kwargs)}
         sizes = {}
         for (where, key), ax in zip(slots, axes):
             for path, x in jax.tree_util.tree_leaves_with_path(inputs[where][key]):
@@ -151,7 +151,7 @@ def microbatch(
         def call(i):
             a, k = list(inputs["args"]), dict(inputs["kwargs"])
             for (where, key), ax in zip(slots, axes):
-                target = a if where == "args" else k
+                target: Any = a if where == "args" else k
                 target[key] = jax.tree.map(functools.partial(jnp.take, indices=i, axis=ax), target[key])
             return fun(*a, **k)
 
@@ -217,6 +217,6 @@ def micro_vmap(
         argnums=tuple(mapped),
         microbatch_size=microbatch_size,
         accumulator=kinds,
-        in_axes=tuple(axes[i] for i in mapped),
+        in_axes=tuple(cast(int, axes[i]) for i in mapped),
         num_real_microbatches=num_real_microbatches,
     )

@@ -70,7 +70,8 @@ def reduce_on_plateau(
     Args:
       factor: the reduction factor, in (0, 1).
       patience: the averages without improvement that trigger a reduction.
-      rtol, atol: the relative (in [0, 1]) and absolute (>= 0) improvement that counts; not both 0.
+      rtol: the relative improvement that counts, in [0, 1] (not 0 together with ``atol``).
+      atol: the absolute improvement that counts, >= 0.
       cooldown: the averages after a reduction in which no reduction is counted.
       accumulation_size: the values averaged before each decision (>= 1).
       min_scale: the scale is never reduced below it.

@@ -172,10 +172,36 @@ def run_row(entry, mesh, reference: tuple[Any, Any], results: dict, prefix: str)
         _check(results, prefix + "jitted steps", lambda: jitted_steps(state))
 
 
+# Rows whose update needs inputs other than a gradient tree like LEAVES: their own test
+# files run them (each reason names what is missing).
+OWN_INPUTS = {
+    "sophia": "update needs obj_fn (tests/test_curvature.py)",
+    "hutchinson_estimator_diag_hessian": "update needs obj_fn (tests/test_curvature.py)",
+    "hessian_diagonal_ema": "update needs obj_fn (tests/test_curvature.py)",
+    "dpsgd": "update takes per-example gradients (tests/test_privacy.py)",
+    "differentially_private_aggregate": "update takes per-example gradients (tests/test_privacy.py)",
+    "newton_schulz": "orthogonalizes matrices only; LEAVES has vectors (tests/test_muon.py)",
+    "scale_by_muon": "orthogonalizes matrices only; LEAVES has vectors (tests/test_muon.py)",
+    "scale_by_shape": "scales matrices only; LEAVES has vectors (tests/test_muon.py)",
+}
+# Rows whose jitted step stops at a sharding type error on Explicit axes: a contraction
+# (dot product, eigh, SVD, concatenation, select) over a sharded dimension needs an
+# out_sharding that their formulas do not give yet. On Auto axes they work.
+EXPLICIT_UNSUPPORTED = (
+    "lbfgs", "prodigy", "dadapt_adamw", "momo", "momo_adam", "muon", "shampoo", "scale_by_shampoo",
+    "scale_by_kronecker_roots", "soap", "scale_by_soap", "galore", "scale_by_galore", "sm3", "scale_by_sm3",
+    "scale_by_cover_accumulators", "adaptive_grad_clip",
+)
+
+
+def registry_rows() -> list:
+    return [e for e in of_kind("optimizer", "primitive") if e.grid and e.name not in OWN_INPUTS]
+
+
 def registry_case() -> dict[str, Any]:
     results: dict[str, Any] = {}
     meshes = [jax.make_mesh((2, 4), ("data", "model"), axis_types=(t,) * 2) for t in (AxisType.Auto, AxisType.Explicit)]
-    for entry in [e for e in of_kind("optimizer", "primitive") if e.grid]:
+    for entry in registry_rows():
         reference = _check(results, f"{entry.name}|single device", partial(single_device_run, entry))
         for mesh in meshes:
             prefix = f"{entry.name}|{mesh.axis_types[0].name}|"

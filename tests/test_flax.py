@@ -39,6 +39,8 @@ OPTAX_CHAINS = {
                                                                  optax.scale(-learning_rate)),
     "noisy_sgd": lambda **kw: optax.noisy_sgd(**kw),  # the same key gives the same noise
     "sm3": lambda **kw: optax.sm3(**kw),  # the MLP has no 0-d parameter, where optax's fails
+    # the registry row has no twin so that the parity suite skips optax's slow eager Newton-Schulz
+    "muon": lambda **kw: optax.contrib.muon(**kw),
 }
 # Optimizers whose trajectory has no optax reference here (their own test files compare
 # them with the right one); they still round-trip through Flax's and orbax's checkpoints.
@@ -46,6 +48,8 @@ NO_OPTAX_REFERENCE = {
     "rprop": "optax's rprop is one step late: torch.optim.Rprop in tests/test_first_order.py",
     "yogi": "optax starts Yogi's first moment at 1e-6: tests/test_adam_variants.py",
     "adan": "optax weights Adan's gradient difference by 1 - b2: tests/test_adam_variants.py",
+    "soap": "optax has no SOAP: pytorch_optimizer 4.1.0's SOAP in tests/test_preconditioned.py",
+    "shampoo": "optax has no Shampoo: pytorch_optimizer 4.1.0's ScalableShampoo in tests/test_preconditioned.py",
 }
 
 
@@ -104,8 +108,18 @@ def cross_entropy(logits, labels):
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def assert_trees_close(actual, expected):
-    chex.assert_trees_all_close(actual, expected, rtol=RTOL, atol=ATOL)
+# Cases whose float32 trajectories round apart faster, with the reason; float64 agrees.
+LOOSER_RTOL = {
+    # Newton-Schulz's five matrix products per step, fused differently by XLA in gradtx's and
+    # optax's steps, amplify float32 rounding along the trajectory (2.5e-6 apart at step 43
+    # on weights of scale 0.3); float64 parity is 1e-14 (tests/test_muon.py). (rtol, atol)
+    "muon": (2e-4, 1e-5),
+}
+
+
+def assert_trees_close(actual, expected, case: str = ""):
+    chex.assert_trees_all_close(actual, expected, rtol=LOOSER_RTOL.get(case, (RTOL, ATOL))[0],
+                                atol=LOOSER_RTOL.get(case, (RTOL, ATOL))[1])
 
 
 def assert_trees_equal(actual, expected):
@@ -150,9 +164,10 @@ def linen_trajectory(tx) -> list:
 
 
 @pytest.mark.parametrize("gradtx_tx, optax_tx", CASES)
-def test_linen_train_state_trajectory_matches_optax(gradtx_tx, optax_tx):
-    """Reference: optax's optimizer of the same name in the same TrainState, rtol 1e-5."""
-    assert_trees_close(linen_trajectory(gradtx_tx), linen_trajectory(optax_tx))
+def test_linen_train_state_trajectory_matches_optax(gradtx_tx, optax_tx, request):
+    """Reference: optax's optimizer of the same name in the same TrainState, rtol 1e-5
+    (``LOOSER_RTOL`` for the cases named there)."""
+    assert_trees_close(linen_trajectory(gradtx_tx), linen_trajectory(optax_tx), request.node.callspec.id)
 
 
 # ----------------------------------------------------------------------------- nnx
@@ -185,9 +200,10 @@ def nnx_trajectory(tx) -> list:
 
 
 @pytest.mark.parametrize("gradtx_tx, optax_tx", CASES)
-def test_nnx_optimizer_trajectory_matches_optax(gradtx_tx, optax_tx):
-    """Reference: optax's optimizer of the same name in the same nnx.Optimizer, rtol 1e-5."""
-    assert_trees_close(nnx_trajectory(gradtx_tx), nnx_trajectory(optax_tx))
+def test_nnx_optimizer_trajectory_matches_optax(gradtx_tx, optax_tx, request):
+    """Reference: optax's optimizer of the same name in the same nnx.Optimizer, rtol 1e-5
+    (``LOOSER_RTOL`` for the cases named there)."""
+    assert_trees_close(nnx_trajectory(gradtx_tx), nnx_trajectory(optax_tx), request.node.callspec.id)
 
 
 # ----------------------------------------------------------------------------- round trips

@@ -64,7 +64,7 @@ OPTIMIZERS.update({
     "simplified_ademamix": OptimizerSpec(gradtx.simplified_ademamix, 1e-5,
                                          "lr 1e-5 (a sum of gradients, not an average), b1 0.99"),
     "madgrad": OptimizerSpec(gradtx.madgrad, 1e-2, "lr 1e-2, momentum 0.9"),
-    "acprop": OptimizerSpec(gradtx.acprop, 1e-3, "lr 1e-3"),
+    "acprop": OptimizerSpec(lambda lr: gradtx.acprop(lr, eps=1e-8, eps_root=1e-8), 1e-3, "lr 1e-3, eps 1e-8"),
     "cautious_adamw": OptimizerSpec(lambda lr: gradtx.cautious(gradtx.adamw(lr)), 1e-3, "cautious(adamw(1e-3))"),
     "schedule_free_sgd": OptimizerSpec(gradtx.schedule_free_sgd, 1e-1, "lr 1e-1, b1 0.9",
                                        eval_params=_schedule_free_eval),
@@ -148,10 +148,9 @@ def make_functions(graphdef: nnx.GraphDef, batch_size: int, eval_chunk: int = 10
     def accuracy(state, images, labels):
         model, optimizer = nnx.merge(graphdef, state)
         if eval_params is not None:
-            params = nnx.state(model, nnx.Param)
-            opt_state = jax.tree.map(lambda v: v[...], optimizer.opt_state,
-                                     is_leaf=lambda v: isinstance(v, nnx.Variable))
-            nnx.update(model, eval_params(opt_state, params))
+            values = lambda tree: jax.tree.map(lambda v: v[...], tree,  # noqa: E731
+                                               is_leaf=lambda v: isinstance(v, nnx.Variable))
+            nnx.update(model, eval_params(values(optimizer.opt_state), values(nnx.state(model, nnx.Param))))
         n = images.shape[0]
         chunks = -(-n // eval_chunk)
         pad = chunks * eval_chunk - n

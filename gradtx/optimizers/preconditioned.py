@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 import jax
 import jax.numpy as jnp
 
+from gradtx._tree import real_full_like
 from gradtx.base import GradientTransformation, UpdateError
 from gradtx.combine import chain, fork, identity, renamed
 from gradtx.hyperparams import (
@@ -173,7 +174,7 @@ def scale_by_soap(
         apply,
         {
             "mu": lambda params: jax.tree.map(jnp.zeros_like, params),
-            "nu": lambda params: jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.finfo(p.dtype).dtype), params),
+            "nu": real_full_like,
             "kronecker_factors": Field(factors, like_params=False),
             "eigenbases": Field(factors, like_params=False),
         },
