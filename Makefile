@@ -33,7 +33,7 @@ $(VENV)/.docs-deps: pyproject.toml | $(BIN)/python
 	touch $@
 
 test: $(VENV)/.test-deps
-	$(BIN)/python -m pytest -n 2 -q
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
 
 # ruff and mypy read their settings from pyproject.toml ([tool.ruff], [tool.mypy]: packages = gradtx).
 lint: $(VENV)/.lint-deps

@@ -245,11 +245,13 @@ def parity_inputs(dtype_name: str) -> tuple[Any, list[Any]]:
     return random_tree(0, dtype, small=True), random_grads(1, N_STEPS, dtype, small=True)
 
 
-def check_parity(gx, want: Run, precision: Precision, jit: bool, *, renames=None, absent=()) -> Run:
-    """Run ``gx`` over ``parity_inputs``; its params, last updates and every field of optax's
-    state agree with the optax run ``want`` at ``precision.rtol``. Returns gradtx's run."""
+def check_parity(gx, want: Run, precision: Precision, jit: bool, *, renames=None, absent=(),
+                 steps: int = N_STEPS) -> Run:
+    """Run ``gx`` over the first ``steps`` of ``parity_inputs``; its params, last updates and
+    every field of optax's state agree with the optax run ``want`` (over the same steps) at
+    ``precision.rtol``. Returns gradtx's run."""
     params, grads = parity_inputs(jnp.dtype(precision.dtype).name)
-    got = run_steps(gx, params, grads, jit=jit)
+    got = run_steps(gx, params, grads[:steps], jit=jit)
     assert_trees_close(got.params, want.params, precision.rtol, what="params")
     assert_trees_close(got.updates, want.updates, precision.rtol, what="last updates")
     compare_states(got.state, want.state, precision.rtol, renames=renames, absent=absent)

@@ -131,5 +131,7 @@ def test_each_primitive_docstring_opens_with_its_formula(fn):
 @pytest.mark.parametrize("fn", OPTIMIZERS, ids=lambda f: f.__name__)
 def test_each_optimizer_docstring_has_rule_chain_and_example(fn):
     doc = fn.__doc__
-    assert re.search(r"\bp\s+= .*\blr", doc), "the update rule (p = ... lr ...)"
+    # the params' update: ``p = ... lr ...``, or, in a paper's own letters, ``x = ...`` /
+    # ``p_t = ...`` (the learning-rate-free methods have no ``lr`` in it)
+    assert re.search(r"\bp\s+= .*\blr", doc) or re.search(r"^\s+[px](_t)? = ", doc, re.M), "the update rule (p = ...)"
     assert "Chain:" in doc and ">>> " in doc, "the chain it is built from and a runnable example"

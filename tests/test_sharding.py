@@ -47,6 +47,9 @@ from gradtx.registry import of_kind
 from gradtx.sharding import _first_divisible
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+# One worker runs this module, so that the 8-device subprocess (the module fixture) runs once
+# (``make test`` distributes with ``--dist loadgroup``).
+pytestmark = pytest.mark.xdist_group("sharding")
 ROWS = registry_rows()  # every optimizer and primitive with a grid, less OWN_INPUTS
 MODES = ("Auto", "Explicit")
 # Known defect (issue 14, open): SOAP's jitted step on Auto axes with sharded params leaves

@@ -63,7 +63,8 @@ def scale_by_muon(
     preconditioning: Preconditioning = "frobenius",
     weight_dimension_numbers: WeightDimNums = None,
 ) -> Transformation:
-    """Muon's direction (optax.contrib's ``scale_by_muon``)::
+    """``u -> NS^k(m_hat / (||m_hat||_F + eps))``, ``m_hat`` the debiased EMA of ``u``: Muon's direction
+    (optax.contrib's ``scale_by_muon``)::
 
         m = beta * m + (1 - beta) * g                 m_hat = m / (1 - beta^t)
             (nesterov: m_hat = beta * m / (1 - beta^(t+1)) + (1 - beta) * g / (1 - beta^t))
