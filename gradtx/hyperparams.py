@@ -111,6 +111,37 @@ class InexactDtype:
             _fail(call, name, value, "a floating or complex dtype")
 
 
+@dataclasses.dataclass(frozen=True)
+class Integer:
+    """An integer ``>= low`` (a Python or numpy integer, or a 0-d integer array; with
+    ``schedule``, a function ``step -> integer`` too); a traced value is not checked."""
+
+    low: int
+    schedule: bool = False
+
+    def check(self, call: str, name: str, value: Any) -> None:
+        if isinstance(value, jax.core.Tracer) or (self.schedule and callable(value)):
+            return
+        what = "an integer or a schedule" if self.schedule else "an integer"
+        shape_ok = np.ndim(value) == 0 if isinstance(value, (np.ndarray, jax.Array)) else True
+        integral = isinstance(value, (numbers.Integral, np.integer)) or (
+            isinstance(value, (np.ndarray, jax.Array)) and jnp.issubdtype(value.dtype, jnp.integer)
+        )
+        if isinstance(value, (bool, np.bool_)) or not integral or not shape_ok:
+            _fail(call, name, value, f"{what}, got {type(value).__name__}", TypeError)
+        if int(value) < self.low:
+            _fail(call, name, value, f">= {self.low}")
+
+
+@dataclasses.dataclass(frozen=True)
+class IsTransformation:
+    """A gradient transformation: anything with ``init`` and ``update`` (gradtx's or optax's)."""
+
+    def check(self, call: str, name: str, value: Any) -> None:
+        if not (callable(getattr(value, "init", None)) and callable(getattr(value, "update", None))):
+            _fail(call, name, value, f"a gradient transformation (init, update), got {type(value).__name__}", TypeError)
+
+
 Constraint = Any  # Interval | OneOf | InexactDtype: anything with check(call, name, value)
 
 # The hyperparameter types used across gradtx (and by anyone declaring a transformation).

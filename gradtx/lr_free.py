@@ -71,26 +71,6 @@ class DogInitStep:
             _fail(call, name, value, "a pair (tag, value) with value > 0")
 
 
-@dataclasses.dataclass(frozen=True)
-class AtLeastOneInt:
-    """A Python integer >= 1 (a count of things)."""
-
-    def check(self, call: str, name: str, value: Any) -> None:
-        if not isinstance(value, int) or isinstance(value, bool):
-            _fail(call, name, value, f"an integer, got {type(value).__name__}", TypeError)
-        if value < 1:
-            _fail(call, name, value, ">= 1")
-
-
-@dataclasses.dataclass(frozen=True)
-class IsTransformation:
-    """A gradient transformation: something with ``init`` and ``update``."""
-
-    def check(self, call: str, name: str, value: Any) -> None:
-        if not (callable(getattr(value, "init", None)) and callable(getattr(value, "update", None))):
-            _fail(call, name, value, f"a gradient transformation (init, update), got {type(value).__name__}", TypeError)
-
-
 # --- the one home of the distance-over-gradients estimates --------------------------------
 
 

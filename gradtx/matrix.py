@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradtx.base import UpdateError
-from gradtx.hyperparams import NonNegative, OneOf, _fail
+from gradtx.hyperparams import Integer, NonNegative, OneOf, _fail
 from gradtx.transform import Transformation, declare, primitive
 
 __all__ = ["MuonDimensionNumbers", "newton_schulz", "scale_by_shape"]
@@ -62,22 +62,6 @@ of ``MuonDimensionNumbers`` and ``None`` (not a matrix), or a function ``params 
 
 
 @dataclasses.dataclass(frozen=True)
-class _StepCount:
-    """An integer >= 1 (a number of Newton-Schulz iterations)."""
-
-    def check(self, call: str, name: str, value: Any) -> None:
-        if isinstance(value, jax.core.Tracer):
-            return
-        integral = isinstance(value, (int, np.integer)) or (
-            isinstance(value, (np.ndarray, jax.Array)) and value.ndim == 0 and jnp.issubdtype(value.dtype, jnp.integer)
-        )
-        if isinstance(value, (bool, np.bool_)) or not integral:
-            _fail(call, name, value, f"an integer, got {type(value).__name__}", TypeError)
-        if int(value) < 1:
-            _fail(call, name, value, ">= 1")
-
-
-@dataclasses.dataclass(frozen=True)
 class _Coefficients:
     """Newton-Schulz coefficients: ``(a, b, c)``, or one such row per step (shape ``(n, 3)``);
     with ``presets``, also one of their names."""
@@ -98,7 +82,7 @@ class _Coefficients:
             _fail(call, name, value, f"of shape (3,) or (n, 3), got shape {shape}")
 
 
-NsSteps = Annotated[int, _StepCount()]
+NsSteps = Annotated[int, Integer(1)]  # a number of Newton-Schulz iterations
 """A number of Newton-Schulz iterations, an integer >= 1."""
 NsCoeffs = Annotated[Any, _Coefficients()]
 """Newton-Schulz coefficients ``(a, b, c)`` or ``((a, b, c), ...)``, one row per step."""

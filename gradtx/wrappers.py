@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike, DTypeLike
 
-from gradtx import _tree
+from gradtx import _tree, hyperparams
 from gradtx.base import GradientTransformation, Params, Schedule, UpdateError, Updates
 from gradtx.hyperparams import AccumulatorDtype, InexactDtype, _fail, constraint_of
 from gradtx.numerics import abs_sq, real_dtype, running_mean, safe_increment, zero_count
@@ -76,34 +76,8 @@ __all__ = [
 # --- argument types ------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class _Integer:
-    """An integer ``>= low`` (or, with ``schedule``, a function ``step -> integer``)."""
-
-    low: int
-    schedule: bool = False
-
-    def check(self, call: str, name: str, value: Any) -> None:
-        if isinstance(value, jax.core.Tracer) or (self.schedule and callable(value)):
-            return
-        what = "an integer or a schedule" if self.schedule else "an integer"
-        shape_ok = np.ndim(value) == 0 if isinstance(value, (np.ndarray, jax.Array)) else True
-        integral = isinstance(value, (numbers.Integral, np.integer)) or (
-            isinstance(value, (np.ndarray, jax.Array)) and jnp.issubdtype(value.dtype, jnp.integer)
-        )
-        if isinstance(value, (bool, np.bool_)) or not integral or not shape_ok:
-            _fail(call, name, value, f"{what}, got {type(value).__name__}", TypeError)
-        if int(value) < self.low:
-            _fail(call, name, value, f">= {self.low}")
-
-
-@dataclasses.dataclass(frozen=True)
-class _IsTransformation:
-    """A gradient transformation: anything with ``init`` and ``update`` (gradtx's or optax's)."""
-
-    def check(self, call: str, name: str, value: Any) -> None:
-        if not (callable(getattr(value, "init", None)) and callable(getattr(value, "update", None))):
-            _fail(call, name, value, f"a gradient transformation (init, update), got {type(value).__name__}", TypeError)
+_Integer = hyperparams.Integer  # (the names the wrapper modules import)
+_IsTransformation = hyperparams.IsTransformation
 
 
 @dataclasses.dataclass(frozen=True)

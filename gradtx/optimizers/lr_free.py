@@ -12,12 +12,19 @@ from typing import Annotated, Optional
 
 from gradtx.base import GradientTransformation
 from gradtx.combine import chain, identity
-from gradtx.hyperparams import Decay, DecayBelowOne, LearningRate, NonNegative, Positive, Real
+from gradtx.hyperparams import (
+    Decay,
+    DecayBelowOne,
+    Integer,
+    IsTransformation,
+    LearningRate,
+    NonNegative,
+    Positive,
+    Real,
+)
 from gradtx.lr_free import (
-    AtLeastOneInt,
     DecayPair,
     DogInitStep,
-    IsTransformation,
     dadapt_adamw_step,
     dog_step,
     dowg_step,
@@ -223,7 +230,7 @@ def mechanize(
     weight_decay: NonNegative = 1e-2,
     eps: NonNegative = 1e-8,
     s_init: Positive = 1e-6,
-    num_betas: Annotated[int, AtLeastOneInt()] = 6,
+    num_betas: Annotated[int, Integer(1)] = 6,
 ) -> Transformation:
     """Mechanic (Cutkosky, Defazio & Mehta 2023, https://arxiv.org/abs/2306.00144,
     Algorithm 1, the memory-efficient form, as the authors' optax code): learns the scale
