@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # (mypy on a user's script, run from anywhere) find the installed gradtx and its py.typed.
 EDITABLE_MODE := --config-settings editable_mode=compat
 
-.PHONY: test lint demo mnist-figures bench bench-quick device-check docs clean
+.PHONY: test test-deep lint demo mnist-figures bench bench-quick device-check docs clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,10 @@ $(VENV)/.docs-deps: pyproject.toml | $(BIN)/python
 
 test: $(VENV)/.test-deps
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
+
+# The property tests with 2,000 examples each (``make test`` runs the "ci" profile's 200).
+test-deep: $(VENV)/.test-deps
+	GRADTX_HYPOTHESIS_PROFILE=deep $(BIN)/python -m pytest -n 2 --dist loadgroup -q tests/properties
 
 # ruff and mypy read their settings from pyproject.toml ([tool.ruff], [tool.mypy]: packages = gradtx).
 lint: $(VENV)/.lint-deps

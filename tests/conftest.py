@@ -9,6 +9,7 @@ Nothing here is autouse and nothing flips a global switch: float64 is enabled in
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 from typing import Any, Callable, NamedTuple
 
@@ -207,16 +208,24 @@ class Precision(NamedTuple):
     rtol: float
 
 
-@pytest.fixture(params=["float32", "float64"])
-def precision(request):
-    """float32 (rtol 1e-5) or float64 (rtol 1e-10, inside ``jax.enable_x64(True)`` for this
-    test only)."""
-    if request.param == "float64":
+@contextlib.contextmanager
+def in_precision(name: str):
+    """``Precision`` of float32 (rtol 1e-5) or float64 (rtol 1e-10, inside
+    ``jax.enable_x64(True)`` for the ``with`` block only)."""
+    if name == "float64":
         with jax.enable_x64(True):
             yield Precision(jnp.float64, 1e-10)
         assert not jax.config.jax_enable_x64, "float64 leaked out of the test"
     else:
         yield Precision(jnp.float32, 1e-5)
+
+
+@pytest.fixture(params=["float32", "float64"])
+def precision(request):
+    """float32 (rtol 1e-5) or float64 (rtol 1e-10, inside ``jax.enable_x64(True)`` for this
+    test only)."""
+    with in_precision(request.param) as p:
+        yield p
 
 
 MODES = [("jit", "float32"), ("jit", "float64"), ("eager", "float32")]
@@ -226,13 +235,8 @@ MODES = [("jit", "float32"), ("jit", "float64"), ("eager", "float32")]
 def mode(request):
     """(jit, Precision): jitted float32 (rtol 1e-5) / float64 (rtol 1e-10, inside
     ``jax.enable_x64(True)`` for this test only), eager float32: the parity modes."""
-    jit = request.param[0] == "jit"
-    if request.param[1] == "float64":
-        with jax.enable_x64(True):
-            yield jit, Precision(jnp.float64, 1e-10)
-        assert not jax.config.jax_enable_x64, "float64 leaked out of the test"
-    else:
-        yield jit, Precision(jnp.float32, 1e-5)
+    with in_precision(request.param[1]) as p:
+        yield request.param[0] == "jit", p
 
 
 schedule = gradtx.registry.parity_schedule

@@ -4,17 +4,21 @@ The registry's parity runner feeds gradient streams without an objective, so the
 here: ``value, grad = optax.value_and_grad_from_state(f)(params, state=state)``, then
 ``update(grad, state, params, value=value, grad=grad, value_fn=f)``, 50 iterations on
 the 2-D and a chained 10-D Rosenbrock function and on a least-squares problem; params,
-values and states compared at float64 rtol 1e-10 and float32 rtol 1e-5.
+values and states compared at float64 rtol 1e-10 (every problem and configuration) and
+float32 rtol 1e-5 (one of them: ``precision_grid``).
 """
 
 from __future__ import annotations
+
+import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import assert_trees_close, compare_states
+from conftest import assert_trees_close, compare_states, in_precision
 
 import gradtx
 from gradtx import linesearch as ls
@@ -100,24 +104,34 @@ def _check(got, want, rtol, absent=()):
     compare_states(g_state, w_state, rtol, absent=absent)
 
 
-@pytest.mark.parametrize("config", sorted(CONFIGS))
-@pytest.mark.parametrize("problem", sorted(PROBLEMS))
-def test_lbfgs_matches_optax(problem, config, precision):
+def precision_grid(*axes: list[str], float32_at: tuple[str, ...]) -> list:
+    """Every combination of ``axes`` in float64 (rtol 1e-10: the check that tells formulas
+    apart), and the one combination ``float32_at`` in float32 too (the dtype handling): each
+    case costs two compilations of a while-loop program (~2 s here) whatever it checks."""
+    combos = list(itertools.product(*axes))
+    return ([pytest.param(*c, "float64", id="-".join((*c, "float64"))) for c in combos]
+            + [pytest.param(*float32_at, "float32", id="-".join((*float32_at, "float32")))])
+
+
+@pytest.mark.parametrize("problem, config, dtype_name", precision_grid(sorted(PROBLEMS), sorted(CONFIGS),
+                                                                      float32_at=("rosenbrock-10d", "defaults")))
+def test_lbfgs_matches_optax(problem, config, dtype_name):
     """Reference: optax 0.2.8's ``lbfgs`` (same arguments, its zoom line search) in its
     documented loop, jitted, 50 iterations: every iterate, every value and the final
     state by field name, at float64 rtol 1e-10 / float32 rtol 1e-5."""
     fn, start = PROBLEMS[problem]
-    got = run(CONFIGS[config](GRADTX), fn, start(precision.dtype), jit=True, apply=gradtx.apply_updates)
-    want = run(CONFIGS[config](optax), fn, start(precision.dtype), jit=True)
-    _check(got, want, precision.rtol)
+    with in_precision(dtype_name) as precision:
+        got = run(CONFIGS[config](GRADTX), fn, start(precision.dtype), jit=True, apply=gradtx.apply_updates)
+        want = run(CONFIGS[config](optax), fn, start(precision.dtype), jit=True)
+        _check(got, want, precision.rtol)
 
 
 def test_lbfgs_matches_optax_eagerly():
     """Reference: optax 0.2.8's ``lbfgs``, both run op by op (the while loop dispatches
-    eagerly: 8 iterations), 2-D Rosenbrock, float32 rtol 1e-5."""
+    eagerly: 4 iterations, each with line-search trials), 2-D Rosenbrock, float32 rtol 1e-5."""
     fn, start = PROBLEMS["rosenbrock-2d"]
-    got = run(lbfgs(), fn, start(jnp.float32), jit=False, steps=8, apply=gradtx.apply_updates)
-    want = run(optax.lbfgs(), fn, start(jnp.float32), jit=False, steps=8)
+    got = run(lbfgs(), fn, start(jnp.float32), jit=False, steps=4, apply=gradtx.apply_updates)
+    want = run(optax.lbfgs(), fn, start(jnp.float32), jit=False, steps=4)
     _check(got, want, 1e-5)
 
 
@@ -182,11 +196,16 @@ def test_accepted_step_satisfies_the_strong_wolfe_conditions():
     with jax.enable_x64(True):
         opt = gradtx.chain(gradtx.scale(-1.0), scale_by_zoom_linesearch(30, slope_rtol=c1, curv_rtol=c2,
                                                                          approx_dec_rtol=None))
+
+        @jax.jit
+        def step(params, state):
+            value, grad = jax.value_and_grad(fn)(params)
+            return value, grad, *opt.update(grad, state, params, value=value, grad=grad, value_fn=fn)
+
         params = jnp.array([-1.2, 1.0])
         state = opt.init(params)
         for _ in range(20):
-            value, grad = jax.value_and_grad(fn)(params)
-            updates, state = opt.update(grad, state, params, value=value, grad=grad, value_fn=fn)
+            value, grad, updates, state = step(params, state)
             eta, d = float(state.learning_rate), -np.asarray(grad)
             new = np.asarray(params) + eta * d
             assert eta > 0 and float(state.decrease_error) == 0 and float(state.curvature_error) == 0
@@ -231,13 +250,19 @@ MUTANTS = {
 }
 
 
+@functools.cache
+def _optax_lbfgs_rosenbrock_10d():
+    fn, start = PROBLEMS["rosenbrock-10d"]
+    return run(optax.lbfgs(), fn, start(jnp.float32), jit=True)
+
+
 @pytest.mark.parametrize("mutant", sorted(MUTANTS))
 def test_tolerances_catch_wrong_formulas(mutant, monkeypatch):
     """Negative control: with one term of a primitive changed (``MUTANTS``), gradtx's
     ``lbfgs`` leaves optax 0.2.8's ``lbfgs`` on the 10-D Rosenbrock function beyond
     float32's rtol 1e-5."""
     fn, start = PROBLEMS["rosenbrock-10d"]
-    want = run(optax.lbfgs(), fn, start(jnp.float32), jit=True)
+    want = _optax_lbfgs_rosenbrock_10d()
     monkeypatch.setattr(*MUTANTS[mutant])
     got = run(lbfgs(), fn, start(jnp.float32), jit=True)
     with pytest.raises(AssertionError, match="Not equal to tolerance"):
@@ -285,12 +310,16 @@ def test_extra_arguments_reach_value_fn():
     x = jnp.asarray(_A[:, :3], jnp.float32)
 
     def go(opt, apply):
+        @jax.jit
+        def step(w, state, x):
+            value, grad = jax.value_and_grad(fn)(w, x)
+            updates, state = opt.update(grad, state, w, value=value, grad=grad, value_fn=fn, x=x)
+            return apply(w, updates), state
+
         w = jnp.zeros(3)
         state = opt.init(w)
         for _ in range(5):
-            value, grad = jax.value_and_grad(fn)(w, x)
-            updates, state = opt.update(grad, state, w, value=value, grad=grad, value_fn=fn, x=x)
-            w = apply(w, updates)
+            w, state = step(w, state, x)
         return w
 
     assert_trees_close(go(lbfgs(), gradtx.apply_updates), go(optax.lbfgs(), optax.apply_updates), 1e-5)
@@ -340,18 +369,19 @@ def _backtracking_run(lib, problem, dtype, kwargs, store_grad):
     return run(opt, fn, start(dtype), jit=True, from_state=store_grad)
 
 
-@pytest.mark.parametrize("store_grad", [False, True], ids=["value", "store_grad"])
-@pytest.mark.parametrize("config", sorted(BACKTRACKING))
-@pytest.mark.parametrize("problem", sorted(PROBLEMS))
-def test_backtracking_linesearch_after_sgd_matches_optax(problem, config, store_grad, precision):
+@pytest.mark.parametrize("problem, config, store_grad, dtype_name", precision_grid(
+    sorted(PROBLEMS), sorted(BACKTRACKING), ["value", "store_grad"], float32_at=("least-squares", "non-default",
+                                                                                "store_grad")))
+def test_backtracking_linesearch_after_sgd_matches_optax(problem, config, store_grad, dtype_name):
     """Reference: optax 0.2.8's ``chain(sgd(1), scale_by_backtracking_linesearch(...))``
     (same arguments) in its documented loop, 50 iterations: every iterate, every value and
     the final state by field name (without ``store_grad`` optax keeps ``grad=None``, gradtx
     no field), at float64 rtol 1e-10 / float32 rtol 1e-5."""
-    kwargs = BACKTRACKING[config]
-    got = _backtracking_run(gradtx, problem, precision.dtype, kwargs, store_grad)
-    want = _backtracking_run(optax, problem, precision.dtype, kwargs, store_grad)
-    _check(got, want, precision.rtol, absent=() if store_grad else ("grad",))
+    kwargs, store_grad = BACKTRACKING[config], store_grad == "store_grad"
+    with in_precision(dtype_name) as precision:
+        got = _backtracking_run(gradtx, problem, precision.dtype, kwargs, store_grad)
+        want = _backtracking_run(optax, problem, precision.dtype, kwargs, store_grad)
+        _check(got, want, precision.rtol, absent=() if store_grad else ("grad",))
 
 
 def test_backtracking_accepted_step_satisfies_the_armijo_condition():
