@@ -785,6 +785,70 @@ def constraint(hint: Any) -> tuple[str, str]:
     return code(shown), rule
 
 
+def misuse_table() -> types.ModuleType:
+    """``tests/test_misuse.py``: its table ``MISUSES`` is the page's, row for row."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_gradtx_misuse_table", ROOT / "tests" / "test_misuse.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def misuse_page() -> tuple[str, str]:
+    table_module = misuse_table()
+    rows = []
+    for row in table_module.MISUSES:
+        error = table_module.commit(row)  # run here too: the page shows what is raised
+        assert (type(error), str(error)) == (row.error, row.message), f"docs: {row.code} raised {error!r}"
+        name = row.error.__name__
+        shown = ref(name) if getattr(gradtx, name, None) is row.error else code(name)
+        rows.append((row.what, code(row.code), shown, code(row.message)))
+    text = f"""# Misuse and its errors
+
+gradtx checks what it is given before it computes anything, and says what is wrong in
+one or two lines that name the call the user made: `gradtx.<call>(<arg>=<value>): <rule>`
+when a factory is called with a bad hyperparameter, `gradtx.<call> > <stage>: ...` when
+`init` or `update` gets something that does not fit (the stage is the one that keeps the
+state or needs the argument at fault). Errors in `update` are
+{ref("UpdateError")}s (a `ValueError`); those about the trees are
+{ref("TreeMismatchError")}s, and name the first leaf path that differs and the tree at
+fault: the gradients, the params or the state (the one that the other two disagree with).
+
+Every row below is run by `tests/test_misuse.py` (and was run when this page was generated),
+after
+
+```python
+{table_module.PREAMBLE.rstrip()}
+```
+
+{table(["misuse", "code", "raises", "message"], rows)}
+
+## Nothing is lost
+
+The checks are Python that runs when `update` is called, or when a jitted step that calls
+it is traced: before anything is computed, and under `jax.jit(step, donate_argnums=...)`
+before the compiled step runs. A failed call consumes no donated buffer and changes
+nothing: the caller's params and state are still there, as they were, to be passed again
+with the mistake fixed. The test commits every `update` row above inside a jitted step that
+donates the params and the state, and checks that they are neither deleted nor changed.
+
+## What is not a misuse
+
+- Gradients in another floating precision than the params (bfloat16 gradients for
+  float32 params): mixed precision is the user's choice, and `apply_updates` casts each
+  result to its param's dtype. Only the *kind* must match: floating for real params,
+  complex for complex ones; integer params and gradients are refused.
+- Hyperparameters that are traced (`jax.jit` over a function that builds the optimizer)
+  or schedules: their values are not known when the factory is called, so they are not
+  checked.
+
+Every registry entry's bad arguments, with their errors, are on the
+[hyperparameters](hyperparameters.md#the-checks-as-raised) page."""
+    return "misuse.md", text
+
+
 def performance_page() -> tuple[str, str]:
     entries = entries_in("Performance")
     by_module: dict[types.ModuleType, list[Entry]] = {}
@@ -1190,6 +1254,7 @@ def pages() -> dict[str, str]:
             coming_from_optax_page(),
             schedules_page(),
             hyperparameters_page(),
+            misuse_page(),
             performance_page(),
             registry_page(),
         ]

@@ -59,7 +59,8 @@ class UpdateError(ValueError):
 
 
 class TreeMismatchError(UpdateError):
-    """Updates, state and params do not have the same tree structure or leaf shapes."""
+    """Updates, state and params do not have the same tree structure or leaf shapes, or a
+    leaf cannot be stepped: integer params or gradients, a complex gradient for a real param."""
 
 
 class TransformInitFn(Protocol):

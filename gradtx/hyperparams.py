@@ -22,6 +22,7 @@ known when the transformation is built.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import numbers
 from typing import Annotated, Any, NoReturn, Optional
 
@@ -34,7 +35,8 @@ from gradtx.base import ScalarOrSchedule
 
 
 def _fail(call: str, name: str, value: Any, rule: str, error: type = ValueError) -> NoReturn:
-    raise error(f"gradtx.{call}({name}={value!r}): {name} must be {rule}")
+    shown = f"<function {value.__name__}>" if inspect.isroutine(value) else repr(value)  # no address
+    raise error(f"gradtx.{call}({name}={shown}): {name} must be {rule}")
 
 
 def _numeric(call: str, name: str, value: Any, *, schedule: bool) -> np.ndarray | None:
@@ -82,6 +84,8 @@ class Interval:
             _fail(call, name, value, self.rule())
 
     def rule(self) -> str:
+        if self.low == float("-inf") and self.high == float("inf"):
+            return "a number, not NaN"  # the only value that fails an unbounded interval
         if self.high == float("inf"):
             return f"> {self.low:g}" if self.low_open else f">= {self.low:g}"
         return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"

@@ -285,6 +285,9 @@ def finish(stage: Stage) -> Transformation:
     make = stage.record if stage.record is not None else record_type(label, names)
 
     def init_fn(params):
+        like = [k for k in stage.fields if k.field.like_params]
+        if like:
+            check_params_dtypes(label, stage, like, params)
         values = {COUNT: zero_count()} if stage.uses_count else {}
         values.update({k.name: k.field.init(params) for k in stage.fields})
         return make(**values)
@@ -382,11 +385,15 @@ def _fast_match(updates: Any, trees: Iterator[Any]) -> bool:
 
 def check_trees(label: str, stage: Stage, updates: Any, values: Mapping[str, Any], params: Any) -> None:
     """Raise ``TreeMismatchError`` unless the gradients, the params (when given) and the
-    params-shaped state fields have one tree structure and the same leaf shapes; the
+    params-shaped state fields have one tree structure and the same leaf shapes, and the
+    gradients and params dtypes of a kind that can be stepped (``_dtype_problem``); the
     message names the tree at fault, the first leaf path that differs and the stage."""
     like = [k for k in stage.fields if k.field.like_params]
     trees = [values[k.name] for k in like] + ([] if params is None else [params])
     if _fast_match(updates, iter(trees)):
+        problem = _dtype_problem(updates, params)
+        if problem is not None:
+            raise TreeMismatchError(problem, _crumbs(label, stage, like[0] if like else None))
         return
     parties: list[tuple[str, str, Any, _Kept | None]] = [("the gradients", "gradients", updates, None)]
     parties += [(f"state field `{k.name}`", "state", values[k.name], k) for k in like]
@@ -425,9 +432,85 @@ def check_trees(label: str, stage: Stage, updates: Any, values: Mapping[str, Any
         )
     if group == "state":
         detail += "; call init(params) on the tree you pass to update()"
-    owners = kept.owners if kept is not None else (like[0].owners if like else ())
-    crumbs = owners if stage.name else (label, *owners)
-    raise TreeMismatchError(detail, crumbs or (label,))
+    raise TreeMismatchError(detail, _crumbs(label, stage, kept if kept is not None else (like[0] if like else None)))
+
+
+def _crumbs(label: str, stage: Stage, kept: _Kept | None) -> tuple[str, ...]:
+    """The calls an error names: the transformation and the stage that keeps ``kept``."""
+    owners = kept.owners if kept is not None else ()
+    return (owners if stage.name else (label, *owners)) or (label,)
+
+
+# --- dtype checks: gradtx steps floating and complex params with gradients of their kind ---
+
+
+def _dtype(x: Any) -> Any:
+    """A leaf's dtype (a Python number's as JAX takes it); None for a leaf that has none."""
+    dtype = getattr(x, "dtype", None)
+    if dtype is None and isinstance(x, (bool, int, float, complex)):
+        dtype = jnp.result_type(x)
+    return dtype
+
+
+def _steppable(dtype: Any) -> bool:
+    return dtype is None or _kind(dtype) != "other"
+
+
+def _complex(dtype: Any) -> bool:
+    return _kind(dtype) == "complex"
+
+
+@functools.cache
+def _kind(dtype: Any) -> str:
+    """``complex``, ``real`` (floating) or ``other`` (integer, bool, float0, a PRNG key)."""
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        return "complex"
+    return "real" if jnp.issubdtype(dtype, jnp.floating) else "other"
+
+
+def _name(dtype: Any) -> str:
+    return "float0" if dtype == jax.dtypes.float0 else str(getattr(dtype, "name", dtype))
+
+
+def _at(tree: Any, index: int) -> str:
+    path = jax.tree_util.tree_flatten_with_path(tree)[0][index][0]
+    return jax.tree_util.keystr(path) or "<root>"
+
+
+_INTEGER_PARAMS = "gradtx steps floating or complex params (cast them, or leave the leaf out of the tree)"
+
+
+def _dtype_problem(updates: Any, params: Any) -> str | None:
+    """What is wrong with the dtypes of the first leaf that cannot be stepped (integer
+    params or gradients, a complex gradient for a real param or the reverse), or None.
+    The trees have one structure already; floating precisions may differ (mixed precision)."""
+    grads = [_dtype(g) for g in jax.tree.leaves(updates)]
+    kinds = [None] * len(grads) if params is None else [_dtype(p) for p in jax.tree.leaves(params)]
+    for i, (g, p) in enumerate(zip(grads, kinds)):
+        if not _steppable(p):
+            return f"the params at leaf path {_at(params, i)} are {_name(p)}: {_INTEGER_PARAMS}"
+        if not _steppable(g):
+            return f"the gradients at leaf path {_at(updates, i)} are {_name(g)}: gradients must be floating or complex"
+        if g is not None and p is not None and _complex(g) != _complex(p):
+            kind = "complex" if _complex(p) else "real"
+            return (
+                f"the gradients at leaf path {_at(updates, i)} are {_name(g)}, the params {_name(p)}: "
+                f"a {kind} param takes a {kind} gradient"
+            )
+    return None
+
+
+def check_params_dtypes(label: str, stage: Stage, like: Sequence[_Kept], params: Any) -> None:
+    """Raise ``TypeError`` in ``init`` when a leaf of the params is not floating or
+    complex (an integer), before any state is built from it."""
+    dtypes = [_dtype(p) for p in jax.tree.leaves(params)]
+    bad = next((i for i, d in enumerate(dtypes) if not _steppable(d)), None)
+    if bad is not None:
+        crumbs = " > ".join(_crumbs(label, stage, like[0])[:2])
+        raise TypeError(
+            f"gradtx.{crumbs}: init() got params at leaf path {_at(params, bad)} of dtype {_name(dtypes[bad])}: "
+            f"{_INTEGER_PARAMS}"
+        )
 
 
 def _short(treedef: Any, limit: int = 120) -> str:

@@ -221,16 +221,19 @@ CONTROL = Mutant("optax's formula", orthogonalized)
 @pytest.mark.parametrize("mutant", [*MUTANTS, CONTROL], ids=lambda m: m.what)
 @pytest.mark.parametrize("shape", [(4, 7), (7, 4)], ids=str)
 def test_wrong_newton_schulz_fails_the_tolerance(mutant, shape):
-    """Reference: optax.contrib's orthogonalize_via_newton_schulz, float32 rtol 1e-5. Each
-    mutant differs beyond it; the right formula (the control) passes."""
+    """Reference: optax.contrib's orthogonalize_via_newton_schulz, float32 rtol 1e-4. Each
+    mutant differs beyond it (by 0.36 or more of the largest entry, or NaN); the right
+    formula (the control) passes. Five float32 iterations, op by op, amplify the rounding
+    of the matrix products: 1.4e-5 relative on 1 of 28 entries measured with XLA:CPU's loop
+    emitters (the test suite's, ``conftest.FAST_COMPILE_FLAG``), under 1e-5 with its default."""
     x = np.asarray(with_singular_values(np.geomspace(2.0, 0.1, 4), shape, seed=2), np.float32)
     want = optax_muon.orthogonalize_via_newton_schulz(jnp.asarray(x), jnp.asarray(DEFAULT_NS_COEFFS))
     got = np.asarray(mutant.wrong(x), np.float64)
     if mutant is CONTROL:
-        assert_trees_close(got, want, 1e-5)
+        assert_trees_close(got, want, 1e-4)
     else:
         with pytest.raises(AssertionError):
-            assert_trees_close(got, want, 1e-5)
+            assert_trees_close(got, want, 1e-4)
 
 
 def _program(x) -> str:
