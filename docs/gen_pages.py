@@ -840,6 +840,8 @@ donates the params and the state, and checks that they are neither deleted nor c
   float32 params): mixed precision is the user's choice, and `apply_updates` casts each
   result to its param's dtype. Only the *kind* must match: floating for real params,
   complex for complex ones; integer params and gradients are refused.
+- Integer leaves that no stage steps: left out by `masked`, or given `set_to_zero` in a
+  `partition` (a step counter kept in the params), as optax takes them.
 - Hyperparameters that are traced (`jax.jit` over a function that builds the optimizer)
   or schedules: their values are not known when the factory is called, so they are not
   checked.

@@ -298,8 +298,9 @@ def zero_nans() -> Transformation:
 @declare
 def set_to_zero() -> Transformation:
     """``u -> 0``: the params do not move (freeze a part of the tree with ``partition`` or
-    ``masked``; under jit the computation of what it drops is dropped too). State: none."""
-    return elementwise(jnp.zeros_like)
+    ``masked``; under jit the computation of what it drops is dropped too). It takes
+    leaves of any dtype (integer counters frozen in a partition, as optax's). State: none."""
+    return primitive(lambda updates, state, step: (jax.tree.map(jnp.zeros_like, updates), {}), checks_dtypes=False)
 
 
 # --- centralization and normalization -----------------------------------------------------------

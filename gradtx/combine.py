@@ -57,7 +57,8 @@ def chain(*transforms: GradientTransformation) -> Transformation:
             new.update(out)
         return updates, new
 
-    return finish(Stage(fields, any(s.uses_count for s in stages), apply, kind="chain"))
+    return finish(Stage(fields, any(s.uses_count for s in stages), apply, kind="chain",
+                        checks_dtypes=all(s.checks_dtypes for s in stages)))
 
 
 def fork(*branches: GradientTransformation, join: Callable[..., jax.Array]) -> Transformation:
@@ -88,7 +89,8 @@ def fork(*branches: GradientTransformation, join: Callable[..., jax.Array]) -> T
             new.update(fields_out)
         return jax.tree.map(join, *outs), new
 
-    return finish(Stage(fields, any(s.uses_count for s in stages), apply, kind="fork"))
+    return finish(Stage(fields, any(s.uses_count for s in stages), apply, kind="fork",
+                        checks_dtypes=all(s.checks_dtypes for s in stages)))
 
 
 def named_chain(*named: tuple[str, GradientTransformation]) -> Transformation:
@@ -106,7 +108,8 @@ def named_chain(*named: tuple[str, GradientTransformation]) -> Transformation:
             updates, new[name] = t.update(updates, state[name], step.params, **step.extra)
         return updates, new
 
-    return finish(Stage(fields, False, apply, kind="named_chain", record=dict))
+    # each stage's own update checks the dtypes of what it steps
+    return finish(Stage(fields, False, apply, kind="named_chain", record=dict, checks_dtypes=False))
 
 
 def renamed(transform: GradientTransformation, **names: str) -> Transformation:
@@ -126,7 +129,8 @@ def renamed(transform: GradientTransformation, **names: str) -> Transformation:
         out, new = inner.apply(updates, {k.name: state[names.get(k.name, k.name)] for k in inner.fields}, step)
         return out, {names.get(name, name): value for name, value in new.items()}
 
-    return finish(Stage(fields, inner.uses_count, apply, name=inner.name, kind=inner.kind))
+    return finish(Stage(fields, inner.uses_count, apply, name=inner.name, kind=inner.kind,
+                        checks_dtypes=inner.checks_dtypes))
 
 
 @declare

@@ -408,7 +408,7 @@ def _masked(inner: GradientTransformation, mask: Any, call: str, arg: str, mask_
         out, inner_state = _run_masked(inner, updates, keep, keep_for, state["inner_state"], step, mask_extra)
         return _pick(keep, out, updates), {"inner_state": inner_state}
 
-    return primitive(apply, {"inner_state": Field(init, like_params=False)})
+    return primitive(apply, {"inner_state": Field(init, like_params=False)}, checks_dtypes=False)
 
 
 @declare
@@ -538,7 +538,7 @@ def _partition(transforms: dict, labels: Any, call: str, arg: str, mask_extra: b
             new[label] = MaskedState(inner_state=inner_state)
         return merged, {"inner_states": new}
 
-    built = primitive(apply, {"inner_states": Field(init, like_params=False)})
+    built = primitive(apply, {"inner_states": Field(init, like_params=False)}, checks_dtypes=False)
     return built, _PartitionInfo(transforms, init_label)
 
 

@@ -105,6 +105,11 @@ class Stage:
     name: Optional[str] = None  # the declared factory; None for combinators
     kind: str = "chain"  # how an unnamed outermost stage is called in messages and records
     record: Optional[Callable[..., Any]] = None  # the state type when outermost (default: a NamedTuple)
+    # whether init/update refuse params and gradients that cannot be stepped (integers):
+    # False for the routing stages (masked, partition), whose left-out leaves may be
+    # anything, for set_to_zero and for foreign stages; a chain or fork checks when all
+    # its stages do
+    checks_dtypes: bool = True
 
     @property
     def field_names(self) -> tuple[str, ...]:
@@ -125,13 +130,19 @@ class Transformation(GradientTransformation):
 
 
 def primitive(
-    apply: Apply, fields: Optional[Mapping[str, Field | Callable[[Params], Any]]] = None, *, uses_count: bool = False
+    apply: Apply,
+    fields: Optional[Mapping[str, Field | Callable[[Params], Any]]] = None,
+    *,
+    uses_count: bool = False,
+    checks_dtypes: bool = True,
 ) -> Transformation:
     """A stage from its ``apply`` and the fields it keeps (``{"mu": init_fn}`` or
     ``{"mu": Field(init_fn, like_params=...)}``). Called inside a ``@declare`` factory,
-    which names it."""
+    which names it. ``checks_dtypes=False``: the stage takes leaves of any dtype, because
+    it hands them on to inner transformations that check what they step (``masked``) or
+    steps none (``set_to_zero``)."""
     kept = tuple(_Kept(name, f if isinstance(f, Field) else Field(f)) for name, f in (fields or {}).items())
-    return finish(Stage(kept, uses_count, apply, kind="primitive"))
+    return finish(Stage(kept, uses_count, apply, kind="primitive", checks_dtypes=checks_dtypes))
 
 
 def elementwise(fn: Callable[[jax.Array], jax.Array]) -> Transformation:
@@ -152,7 +163,7 @@ def stage_of(t: GradientTransformation) -> Stage:
         out, new = t.update(updates, state[name], step.params, **extra)
         return out, {name: new}
 
-    return Stage((_Kept(name, Field(t.init, like_params=False)),), False, apply, kind=name)
+    return Stage((_Kept(name, Field(t.init, like_params=False)),), False, apply, kind=name, checks_dtypes=False)
 
 
 def foreign_name(t: GradientTransformation) -> str:
@@ -286,7 +297,7 @@ def finish(stage: Stage) -> Transformation:
 
     def init_fn(params):
         like = [k for k in stage.fields if k.field.like_params]
-        if like:
+        if like and stage.checks_dtypes:
             check_params_dtypes(label, stage, like, params)
         values = {COUNT: zero_count()} if stage.uses_count else {}
         values.update({k.name: k.field.init(params) for k in stage.fields})
@@ -361,7 +372,7 @@ def named(call: str, t: GradientTransformation) -> Transformation:
             raise e.within(call) from None
 
     fields = tuple(dataclasses.replace(k, owners=(call, *k.owners)) for k in inner.fields)
-    return finish(Stage(fields, inner.uses_count, apply, name=call))
+    return finish(Stage(fields, inner.uses_count, apply, name=call, checks_dtypes=inner.checks_dtypes))
 
 
 # --- tree checks, before anything is computed ------------------------------------------
@@ -391,7 +402,7 @@ def check_trees(label: str, stage: Stage, updates: Any, values: Mapping[str, Any
     like = [k for k in stage.fields if k.field.like_params]
     trees = [values[k.name] for k in like] + ([] if params is None else [params])
     if _fast_match(updates, iter(trees)):
-        problem = _dtype_problem(updates, params)
+        problem = _dtype_problem(updates, params) if stage.checks_dtypes else None
         if problem is not None:
             raise TreeMismatchError(problem, _crumbs(label, stage, like[0] if like else None))
         return

@@ -648,3 +648,24 @@ def test_tree_map_params_maps_every_params_shaped_tree(name):
     if name in ("partition", "masked", "named-chain"):
         with pytest.raises(ValueError):  # optax without is_leaf: the masked-out leaves break its tree.map
             optax.tree_map_params(opt, lambda _, s: s, state, specs)
+
+
+INTEGER_LEAF_LEFT_OUT = {
+    "masked": lambda lib: lib.masked(lib.adam(1e-2), {"w": True, "n": False}),
+    "partition + set_to_zero": lambda lib: lib.partition({"a": lib.adam(1e-2), "z": lib.set_to_zero()},
+                                                         {"w": "a", "n": "z"}),
+    "chain(masked)": lambda lib: lib.chain(lib.masked(lib.sgd(1e-2, momentum=0.9), {"w": True, "n": False})),
+}
+
+
+@pytest.mark.parametrize("name", INTEGER_LEAF_LEFT_OUT)
+def test_integer_leaves_no_stage_steps_are_taken_as_optax_takes_them(name):
+    """Reference: optax 0.2.8 with the same call, 3 steps, exactly. gradtx refuses integer
+    params in the stages that step them (tests/test_misuse.py); a leaf that ``masked``
+    leaves out or ``set_to_zero`` zeroes is stepped by none, and passes as in optax."""
+    params = {"w": jnp.linspace(-1.0, 1.0, 3), "n": jnp.array(7, jnp.int32)}
+    grads = {"w": jnp.array([0.5, -1.0, 2.0]), "n": jnp.array(0, jnp.int32)}
+    got = run_steps(INTEGER_LEAF_LEFT_OUT[name](gradtx), params, [grads] * 3, jit=True)
+    want = run_optax(INTEGER_LEAF_LEFT_OUT[name](optax), params, [grads] * 3, jit=True)
+    jax.tree.map(np.testing.assert_array_equal, got.params, want.params)
+    assert got.params["n"].dtype == jnp.int32 and int(got.params["n"]) == 7
