@@ -30,3 +30,9 @@ def cast(tree: Any, dtype) -> Any:
 
 def cast_like(tree: Any, like: Any) -> Any:
     return jax.tree.map(lambda x, y: x.astype(jnp.asarray(y).dtype), tree, like)
+
+
+def cast_real_like(tree: Any, like: Any) -> Any:
+    """Cast each leaf of ``tree`` to the real dtype of ``like``'s leaf (float32 for complex64):
+    a ``|u|^2`` statistic handed on in the updates' precision."""
+    return jax.tree.map(lambda x, y: x.astype(real_dtype(jnp.asarray(y).dtype)), tree, like)

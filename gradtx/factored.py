@@ -50,8 +50,11 @@ def _per_leaf_zeros(shape_of: Callable[[tuple], tuple]) -> Field:
 
 
 def _decay_rate_pow(i: jax.typing.ArrayLike, exponent: float | jax.Array = 0.8) -> jax.Array:
-    """``1 - (i + 1)^(-exponent)``: Adafactor's increasing decay (0 at the first step)."""
-    t = jnp.array(i + 1, jnp.float32)
+    """``1 - (i + 1)^(-exponent)``: Adafactor's increasing decay (0 at the first step).
+
+    ``i + 1`` is taken in float32, so that a step count saturated at the int32 maximum
+    does not wrap to a negative step (whose power is NaN)."""
+    t = jnp.asarray(i, jnp.float32) + 1
     return 1.0 - t ** (-exponent)
 
 

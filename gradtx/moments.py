@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from gradtx import _tree
 from gradtx.combine import chain, fork
 from gradtx.hyperparams import AccumulatorDtype, Decay, DecayBelowOne, NonNegative, OneOf
-from gradtx.numerics import abs_sq, debias, ema, heavy_ball, safe_increment
+from gradtx.numerics import abs_sq, debias, ema, heavy_ball, plus_eps, real_dtype, safe_increment
 from gradtx.transform import Transformation, declare, primitive
 
 
@@ -55,19 +55,34 @@ def interpolated_ema(b1: Decay = 0.9, b2: Decay = 0.99, accumulator_dtype: Accum
 
 
 @declare
-def second_moment(decay: Decay, initial_scale: NonNegative = 0.0) -> Transformation:
+def second_moment(
+    decay: Decay, initial_scale: NonNegative = 0.0, accumulator_dtype: AccumulatorDtype = None
+) -> Transformation:
     """``nu = decay * nu + (1 - decay) * |u|^2 ; u -> nu`` (no debiasing).
 
     ``nu`` starts at ``initial_scale``; it is real-valued for complex updates.
+
+    Args:
+      decay: the averaging factor, in [0, 1].
+      initial_scale: the value ``nu`` starts at.
+      accumulator_dtype: dtype of ``nu`` in the state (float32 for bfloat16 params: in
+        bfloat16 the increment ``(1 - decay) * |u|^2`` rounds away once ``nu`` is a few
+        hundred times larger; a complex dtype means its real counterpart); the output
+        keeps the real dtype of the input.
 
     State: ``nu``.
     """
 
     def apply(updates, state, step):
         nu = jax.tree.map(lambda g, n: ema(abs_sq(g), n, decay).astype(n.dtype), updates, state["nu"])
-        return nu, {"nu": nu}
+        return _tree.cast_real_like(nu, updates), {"nu": nu}
 
-    return primitive(apply, {"nu": lambda params: _tree.real_full_like(params, initial_scale)})
+    nu_dtype = None if accumulator_dtype is None else real_dtype(accumulator_dtype)
+
+    def init(params):
+        return _tree.cast(_tree.real_full_like(params, initial_scale), nu_dtype)
+
+    return primitive(apply, {"nu": init})
 
 
 @declare
@@ -133,11 +148,16 @@ def running_max() -> Transformation:
 def infinity_norm(decay: Decay = 0.999, eps: NonNegative = 1e-8) -> Transformation:
     """``nu = max(decay * nu, |u| + eps) ; u -> nu`` (Adamax's denominator).
 
+    A positive ``eps`` is at least the smallest normal number of the dtype
+    (``gradtx.numerics.plus_eps``): in float16 ``1e-8`` would round to 0 and ``0 / 0`` is NaN.
+
     State: ``nu``.
     """
 
     def apply(updates, state, step):
-        nu = jax.tree.map(lambda g, n: jnp.maximum(jnp.abs(g) + eps, decay * n).astype(n.dtype), updates, state["nu"])
+        nu = jax.tree.map(
+            lambda g, n: jnp.maximum(plus_eps(jnp.abs(g), eps), decay * n).astype(n.dtype), updates, state["nu"]
+        )
         return nu, {"nu": nu}
 
     return primitive(apply, {"nu": _tree.real_full_like})

@@ -60,10 +60,31 @@ def zero_count() -> jax.Array:
     return jnp.zeros([], jnp.int32)
 
 
+def plus_eps(x: jax.Array, eps) -> jax.Array:
+    """``x + max(eps, tiny)`` for ``eps > 0`` (``x + eps`` for ``eps = 0``), ``tiny`` the
+    smallest normal number of the sum's dtype: the one home of gradtx's eps rule.
+
+    A positive ``eps`` never rounds to 0: in float16 (``tiny = 2^-14 ~ 6.1e-5``) the
+    default ``1e-8`` would, and ``0 / (sqrt(0) + 0)`` is NaN (optax's Adam and RMSprop on
+    float16 params with a zero gradient). The sum is taken in the dtype JAX promotes ``x``
+    and ``eps`` to (a Python ``eps`` takes ``x``'s). In float32, bfloat16 and float64
+    ``tiny`` (1.2e-38, 1.2e-38, 2.2e-308) is below every ``eps`` in use, so the sum is
+    ``x + eps`` bit for bit, as optax computes it. Every ``eps`` added to a statistic of
+    ``|g|^2`` (``sqrt_eps``, Adagrad, Adadelta, Adamax) is added here; see
+    ``docs/guides/numerics.md``."""
+    if isinstance(eps, (int, float)) and not isinstance(eps, bool):
+        if eps == 0:
+            return x + eps
+        return x + max(eps, float(jnp.finfo(jnp.result_type(x, eps)).tiny))
+    eps = jnp.asarray(eps)
+    tiny = float(jnp.finfo(jnp.result_type(x, eps)).tiny)  # a Python float: eps keeps its dtype
+    return x + jnp.where(eps > 0, jnp.maximum(eps, tiny), eps)
+
+
 def rsqrt_or_zero(s: jax.Array, eps) -> jax.Array:
     """``1 / sqrt(s + eps)`` where ``s > 0``, 0 where ``s == 0``: the scale of an accumulator
-    of ``|g|^2`` (Adagrad, SM3) that has seen nothing yet."""
-    return jnp.where(s > 0, jax.lax.rsqrt(s + eps), 0.0)
+    of ``|g|^2`` (Adagrad, SM3) that has seen nothing yet (``eps`` added by ``plus_eps``)."""
+    return jnp.where(s > 0, jax.lax.rsqrt(plus_eps(s, eps)), 0.0)
 
 
 def real_dtype(dtype) -> jnp.dtype:

@@ -25,7 +25,7 @@ from gradtx import _tree
 from gradtx.adaptive_moments import belief_moment
 from gradtx.base import ScalarOrSchedule, Schedule, UpdateError
 from gradtx.hyperparams import AccumulatorDtype, Decay, DecayBelowOne, Interval, LearningRate, NonNegative, Positive
-from gradtx.numerics import abs_sq, debias, ema, real_dtype
+from gradtx.numerics import abs_sq, debias, ema, real_dtype, safe_increment
 from gradtx.transform import Field, Transformation, declare, primitive
 
 __all__ = [
@@ -127,8 +127,9 @@ def scheduled_ema(decay: DecayOrSchedule, accumulator_dtype: AccumulatorDtype = 
 
 
 def _paper_step(count: jax.Array) -> jax.Array:
-    """The paper's step ``t = count + 1`` (from 1), in the run's float dtype."""
-    return jnp.asarray(count + 1, dtype=float)
+    """The paper's step ``t = count + 1`` (from 1), in the run's float dtype (the ``+ 1`` in
+    float: a count saturated at the int32 maximum does not wrap)."""
+    return jnp.asarray(count, dtype=float) + 1
 
 
 @declare
@@ -199,7 +200,7 @@ def dual_averaging_point(learning_rate: LearningRate, eps: NonNegative = 1e-6) -
     def apply(updates, state, step):
         count = step.count
         lr = learning_rate(count) if callable(learning_rate) else learning_rate
-        lamb = (lr + eps) * jnp.sqrt(count + 1)
+        lamb = (lr + eps) * jnp.sqrt(safe_increment(count))
         grad_sum_sq = jax.tree.map(lambda q, g: q + (lamb * abs_sq(g)).astype(q.dtype), state["grad_sum_sq"], updates)
         s = jax.tree.map(lambda s_, g: s_ + (lamb * g).astype(g.dtype), state["s"], updates)
         z = jax.tree.map(

@@ -119,6 +119,7 @@ OPTIMIZERS = [
         "Adagrad, RMSprop, Adadelta",
         [*_rmsprop_grid(), dict(learning_rate=S, decay=0.8, eps=1e-3)],
         state=("nu",),
+        dtypes={"nu_dtype": "nu"},
         bad=(
             _bad(learning_rate=-1e-3, message="learning_rate must be >= 0"),
             _bad(learning_rate=1e-3, decay=1.1, message="decay must be in [0, 1]"),
@@ -134,6 +135,7 @@ OPTIMIZERS = [
             dict(learning_rate=S, eps=1e-3),
         ],
         state=("sum_of_squares",),
+        dtypes={"accumulator_dtype": "sum_of_squares"},
         bad=(
             _bad(learning_rate=-1.0, message="learning_rate must be >= 0"),
             _bad(learning_rate=1.0, eps=-1.0, message="eps must be >= 0"),
@@ -165,7 +167,7 @@ OPTIMIZERS = [
             dict(learning_rate=S, eps=1e-3),
         ],
         state=("count", "mu", "nu"),
-        dtypes={"mu_dtype": "mu"},
+        dtypes={"mu_dtype": "mu", "nu_dtype": "nu"},
         bad=(
             *LEARNING_RATE_BAD,
             _bad(learning_rate=1e-3, b1=1.5, message="b1 must be in [0, 1)"),
@@ -183,7 +185,7 @@ OPTIMIZERS = [
             dict(learning_rate=S, eps=1e-3, weight_decay=0.1, mask=ndim_above_one),
         ],
         state=("count", "mu", "nu"),
-        dtypes={"mu_dtype": "mu"},
+        dtypes={"mu_dtype": "mu", "nu_dtype": "nu"},
         bad=(_bad(learning_rate=1e-3, weight_decay=-0.1, message="weight_decay must be >= 0"),),
     ),
     _optimizer(
@@ -191,7 +193,7 @@ OPTIMIZERS = [
         "The Adam family",
         [dict(learning_rate=1e-2, b1=0.8, eps=1e-3)],
         state=("count", "mu", "nu"),
-        dtypes={"mu_dtype": "mu"},
+        dtypes={"mu_dtype": "mu", "nu_dtype": "nu"},
         bad=(_bad(learning_rate=1e-3, b1=-0.1, message="b1 must be in [0, 1)"),),
     ),
     _optimizer(
@@ -265,6 +267,7 @@ PRIMITIVES = [
         _MOMENTS,
         [dict(decay=0.8)],
         ("nu",),
+        dtypes={"accumulator_dtype": "nu"},
         reference="adam_direction and scale_by_rms, which are built from it, against optax",
     ),
     _primitive(
@@ -292,6 +295,7 @@ PRIMITIVES = [
         ],
         ("count", "mu", "nu"),
         optax="scale_by_adam",
+        dtypes={"mu_dtype": "mu", "nu_dtype": "nu"},
     ),
     _primitive("scale", _SCALING, [dict(step_size=0.3)], optax="scale"),
     _primitive(
@@ -314,15 +318,19 @@ PRIMITIVES = [
         _rms_grid(),
         ("nu",),
         optax="scale_by_rms",
+        dtypes={"nu_dtype": "nu"},
         bad=(_bad(decay=0.9, eps=-1.0, message="eps must be >= 0"),),
     ),
-    _primitive("scale_by_stddev", _SCALING, _rms_grid(), ("mu", "nu"), optax="scale_by_stddev"),
+    _primitive(
+        "scale_by_stddev", _SCALING, _rms_grid(), ("mu", "nu"), optax="scale_by_stddev", dtypes={"nu_dtype": "nu"}
+    ),
     _primitive(
         "scale_by_sum_of_squares",
         _SCALING,
         [{}, dict(initial_accumulator_value=0.0, eps=1e-3)],
         ("sum_of_squares",),
         optax="scale_by_rss",
+        dtypes={"accumulator_dtype": "sum_of_squares"},
     ),
     _primitive(
         "scale_by_update_rms",

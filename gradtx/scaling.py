@@ -12,9 +12,9 @@ import numpy as np
 from gradtx import _tree
 from gradtx.base import UpdateError, Updates
 from gradtx.combine import chain, fork, identity, renamed
-from gradtx.hyperparams import Decay, LearningRate, NonNegative, NonNegativeOrSchedule, Positive
+from gradtx.hyperparams import AccumulatorDtype, Decay, LearningRate, NonNegative, NonNegativeOrSchedule, Positive
 from gradtx.moments import bias_correct, scale_by_ema, second_moment
-from gradtx.numerics import abs_sq, ema, rsqrt_or_zero
+from gradtx.numerics import abs_sq, ema, plus_eps, real_dtype, rsqrt_or_zero
 from gradtx.transform import Transformation, declare, elementwise, primitive
 
 MaskOrFn = Optional[Union[Any, Callable[[Any], Any]]]
@@ -58,8 +58,12 @@ def scale_by_learning_rate(learning_rate: LearningRate, *, flip_sign: bool = Tru
 
 @declare
 def sqrt_eps(eps: NonNegative = 0.0, eps_root: NonNegative = 0.0) -> Transformation:
-    """``u -> sqrt(u + eps_root) + eps``: the denominator of every RMS-style method."""
-    return elementwise(lambda v: jnp.sqrt(v + eps_root) + eps)
+    """``u -> sqrt(u + eps_root) + eps``: the denominator of every RMS-style method.
+
+    Each positive eps is at least the smallest normal number of ``u``'s dtype, so that it
+    never rounds to 0 in float16 (``gradtx.numerics.plus_eps``; float32 and float64 are
+    unchanged)."""
+    return elementwise(lambda v: plus_eps(jnp.sqrt(plus_eps(v, eps_root)), eps))
 
 
 def _rms_eps(eps, eps_in_sqrt: bool) -> dict[str, Any]:
@@ -74,17 +78,20 @@ def scale_by_rms(
     initial_scale: NonNegative = 0.0,
     eps_in_sqrt: bool = True,
     bias_correction: bool = False,
+    *,
+    nu_dtype: AccumulatorDtype = None,
 ) -> Transformation:
     """``nu = decay * nu + (1 - decay) * |u|^2 ; u -> u / sqrt(nu + eps)``
     (``u / (sqrt(nu) + eps)`` with ``eps_in_sqrt=False``).
 
     Built as ``fork(identity, second_moment -> [bias_correct] -> sqrt_eps, join=divide)``.
+    ``nu_dtype`` (gradtx's, keyword-only) is the dtype of ``nu`` in the state.
     State: ``nu`` (and ``count`` with ``bias_correction``).
     """
     return fork(
         identity(),
         chain(
-            second_moment(decay, initial_scale),
+            second_moment(decay, initial_scale, accumulator_dtype=nu_dtype),
             bias_correct(decay) if bias_correction else identity(),
             sqrt_eps(**_rms_eps(eps, eps_in_sqrt)),
         ),
@@ -109,12 +116,15 @@ def scale_by_stddev(
     initial_scale: NonNegative = 0.0,
     eps_in_sqrt: bool = True,
     bias_correction: bool = False,
+    *,
+    nu_dtype: AccumulatorDtype = None,
 ) -> Transformation:
     """``mu = ema(u), nu = ema(|u|^2) ; u -> u / sqrt(nu - |mu|^2 + eps)`` (centered RMSprop).
 
     The variance ``nu - |mu|^2`` is clamped at 0, a deliberate difference from optax: it
     can round below zero (always at t=1 with ``bias_correction``), where optax returns NaN.
-    Wherever optax's value is finite, gradtx's is the same.
+    Wherever optax's value is finite, gradtx's is the same. ``nu_dtype`` (gradtx's,
+    keyword-only) is the dtype of ``nu`` in the state.
 
     State: ``mu, nu`` (and ``count`` with ``bias_correction``).
     """
@@ -123,7 +133,9 @@ def scale_by_stddev(
         identity(),
         chain(
             fork(
-                chain(scale_by_ema(decay), unbias), chain(second_moment(decay, initial_scale), unbias), join=_variance
+                chain(scale_by_ema(decay), unbias),
+                chain(second_moment(decay, initial_scale, accumulator_dtype=nu_dtype), unbias),
+                join=_variance,
             ),
             sqrt_eps(**_rms_eps(eps, eps_in_sqrt)),
         ),
@@ -132,9 +144,13 @@ def scale_by_stddev(
 
 
 @declare
-def scale_by_sum_of_squares(initial_accumulator_value: NonNegative = 0.1, eps: NonNegative = 1e-7) -> Transformation:
+def scale_by_sum_of_squares(
+    initial_accumulator_value: NonNegative = 0.1, eps: NonNegative = 1e-7, *, accumulator_dtype: AccumulatorDtype = None
+) -> Transformation:
     """``s = s + |u|^2 ; u -> u / sqrt(s + eps)`` (0 where ``s == 0``): Adagrad's accumulator.
 
+    ``accumulator_dtype`` (gradtx's, keyword-only) is the dtype of ``s`` in the state (a
+    complex dtype means its real counterpart); the output keeps the input's dtype.
     State: ``sum_of_squares``.
     """
 
@@ -143,7 +159,12 @@ def scale_by_sum_of_squares(initial_accumulator_value: NonNegative = 0.1, eps: N
         updates = jax.tree.map(lambda g, t: rsqrt_or_zero(t, eps).astype(g.dtype) * g, updates, s)
         return updates, {"sum_of_squares": s}
 
-    return primitive(apply, {"sum_of_squares": lambda p: _tree.real_full_like(p, initial_accumulator_value)})
+    s_dtype = None if accumulator_dtype is None else real_dtype(accumulator_dtype)
+
+    def init(params):
+        return _tree.cast(_tree.real_full_like(params, initial_accumulator_value), s_dtype)
+
+    return primitive(apply, {"sum_of_squares": init})
 
 
 @declare
@@ -151,11 +172,12 @@ def scale_by_update_rms(decay: Decay = 0.9, eps: NonNegative = 1e-6) -> Transfor
     """``d = sqrt(e_x + eps) * u ; e_x = decay * e_x + (1 - decay) * |d|^2 ; u -> d``.
 
     Rescales by the RMS of its own past outputs: Adadelta's second stage, which gives the
-    update the units of the parameters (Zeiler 2012). State: ``e_x``.
+    update the units of the parameters (Zeiler 2012). A positive ``eps`` is at least the
+    dtype's smallest normal number (``gradtx.numerics.plus_eps``). State: ``e_x``.
     """
 
     def apply(updates, state, step):
-        deltas = jax.tree.map(lambda u, x: jnp.sqrt(x + eps).astype(u.dtype) * u, updates, state["e_x"])
+        deltas = jax.tree.map(lambda u, x: jnp.sqrt(plus_eps(x, eps)).astype(u.dtype) * u, updates, state["e_x"])
         e_x = jax.tree.map(lambda d, x: ema(abs_sq(d), x, decay).astype(x.dtype), deltas, state["e_x"])
         return deltas, {"e_x": e_x}
 

@@ -205,6 +205,12 @@ def schedule_free(
     return chain(base, schedule_free_interpolation(learning_rate, b1, weight_lr_power, state_dtype))
 
 
+def _step_taken(count) -> jax.Array:
+    """``t = count + 1`` in the default float dtype (the ``+ 1`` in float, so that a count
+    saturated at the int32 maximum does not wrap to a negative step)."""
+    return jnp.asarray(count, jnp.result_type(float)) + 1
+
+
 def _warmed_up(learning_rate, warmup_steps: Optional[int]):
     """``gamma(count) = lr * min(1, (count + 1) / warmup_steps)``: the paper's linear warmup,
     ``t = count + 1`` the step being taken (``lr`` itself without warmup; a schedule that
@@ -213,7 +219,7 @@ def _warmed_up(learning_rate, warmup_steps: Optional[int]):
         return learning_rate
     if warmup_steps == 0:
         return lambda count: learning_rate * jnp.ones([], jnp.result_type(float))
-    return lambda count: learning_rate * jnp.minimum(1.0, jnp.asarray(count + 1, jnp.result_type(float)) / warmup_steps)
+    return lambda count: learning_rate * jnp.minimum(1.0, _step_taken(count) / warmup_steps)
 
 
 def _adam_step_size(learning_rate, warmup_steps: Optional[int], b2):
@@ -223,7 +229,7 @@ def _adam_step_size(learning_rate, warmup_steps: Optional[int], b2):
     warm = _warmed_up(learning_rate, warmup_steps)
 
     def gamma(count):
-        t = jnp.asarray(count + 1, jnp.result_type(float))  # a float power: one kernel for every step
+        t = _step_taken(count)  # a float power: one kernel for every step
         return (warm(count) if callable(warm) else warm) * jnp.sqrt(1 - b2**t)
 
     return gamma

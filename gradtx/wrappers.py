@@ -755,8 +755,10 @@ ApplyIfFiniteState.__doc__ = (
 
 
 @declare
-def apply_if_finite(inner: Inner, max_consecutive_errors: ErrorCount) -> Transformation:
-    """``u -> inner(u)`` if ``u`` is finite or ``n > max_consecutive_errors`` (then ``n = 0``), else ``u -> 0`` and ``n = n + 1``.
+def apply_if_finite(
+    inner: Inner, max_consecutive_errors: ErrorCount, *, zero_nonfinite: bool = False
+) -> Transformation:
+    """``u -> inner(u)`` if ``u`` is finite or ``n > max_consecutive_errors`` (then ``n = 0``), else ``u -> 0`` (``zero_nonfinite``: ``u -> inner(where(isfinite(u), u, 0))``) and ``n = n + 1``.
 
     Rejects updates that contain an inf or a NaN (zero updates, the inner state left as it
     was), up to ``max_consecutive_errors`` in a row; the next non-finite one is applied
@@ -765,6 +767,12 @@ def apply_if_finite(inner: Inner, max_consecutive_errors: ErrorCount) -> Transfo
     the count when it gives up, so after the first give-up it applies *every* non-finite
     update that follows until a finite one (optax PR #1746, open); ``max_consecutive_errors``
     must be an integer >= 0 (optax takes anything).
+
+    ``zero_nonfinite=True`` (gradtx's, keyword-only) keeps what is finite of a rejected
+    update instead of dropping it all: ``u -> inner(where(isfinite(u), u, 0))``, the inner
+    state moving on as for any update (a NaN or an inf component becomes a zero gradient
+    there; ``zero_nans`` does it for NaNs only, and lets an inf through). The counts and
+    the give-up are the same in both modes.
 
     State: ``notfinite_count, last_finite, total_notfinite, inner_state`` (optax's).
 
@@ -782,7 +790,12 @@ def apply_if_finite(inner: Inner, max_consecutive_errors: ErrorCount) -> Transfo
     def apply(updates, state, step: Step):
         finite = _all_finite(updates)
         applied = jnp.logical_or(finite, safe_increment(state["notfinite_count"]) > max_consecutive_errors)
-        out, inner_state = _run_or(applied, inner, updates, state["inner_state"], step, lambda: _zeros(updates))
+        if zero_nonfinite:
+            kept = jax.tree.map(lambda u: jnp.where(applied | jnp.isfinite(u), u, jnp.zeros_like(u)), updates)
+            out, inner_state = update_inner(inner, kept, state["inner_state"], step)
+            out, inner_state = _like_updates(out, updates), _keep_dtypes(inner_state, state["inner_state"])
+        else:
+            out, inner_state = _run_or(applied, inner, updates, state["inner_state"], step, lambda: _zeros(updates))
         return out, {
             "notfinite_count": jnp.where(applied, jnp.zeros([], jnp.int32), safe_increment(state["notfinite_count"])),
             "last_finite": finite,

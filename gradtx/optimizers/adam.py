@@ -36,17 +36,21 @@ def adam_direction(
     mu_dtype: AccumulatorDtype = None,
     *,
     nesterov: bool = False,
+    nu_dtype: AccumulatorDtype = None,
 ) -> Transformation:
     """``u -> m_hat / (sqrt(v_hat + eps_root) + eps)``, Adam's preconditioned direction::
 
         m_hat = ema(g, b1) / (1 - b1^t)          (NAdam: b1 * m_hat_next + (1 - b1) * g / (1 - b1^t))
         v_hat = ema(|g|^2, b2) / (1 - b2^t)
 
-    Built with ``fork``: the first moment over the root of the second. State:
-    ``count, mu, nu`` (optax's ``scale_by_adam``).
+    Built with ``fork``: the first moment over the root of the second. ``mu_dtype`` and
+    ``nu_dtype`` (gradtx's; optax has only ``mu_dtype``) are the dtypes of ``mu`` and ``nu``
+    in the state. State: ``count, mu, nu`` (optax's ``scale_by_adam``).
     """
     first = debiased_first_moment(scale_by_ema(b1, accumulator_dtype=mu_dtype), b1, nesterov=nesterov)
-    second = chain(second_moment(b2), bias_correct(b2), sqrt_eps(eps=eps, eps_root=eps_root))
+    second = chain(
+        second_moment(b2, accumulator_dtype=nu_dtype), bias_correct(b2), sqrt_eps(eps=eps, eps_root=eps_root)
+    )
     return fork(first, second, join=jnp.divide)
 
 
@@ -60,6 +64,7 @@ def adam(
     mu_dtype: AccumulatorDtype = None,
     *,
     nesterov: bool = False,
+    nu_dtype: AccumulatorDtype = None,
 ) -> Transformation:
     """Adam (Kingma & Ba 2014)::
 
@@ -67,7 +72,10 @@ def adam(
         v = b2 * v + (1 - b2) * |g|^2      v_hat = v / (1 - b2^t)
         p = p - lr * m_hat / (sqrt(v_hat + eps_root) + eps)
 
-    ``nesterov=True`` is NAdam (Dozat 2016), as in optax.
+    ``nesterov=True`` is NAdam (Dozat 2016), as in optax. ``mu_dtype`` / ``nu_dtype`` set the
+    dtypes of ``m`` / ``v`` in the state (float32 for bfloat16 params; ``nu_dtype`` is
+    gradtx's, keyword-only). A positive ``eps`` never rounds to 0 (float16: see
+    ``docs/guides/numerics.md``).
 
     Chain: ``fork(scale_by_ema(b1) -> bias_correct(b1),
     second_moment(b2) -> bias_correct(b2) -> sqrt_eps, join=divide) -> scale_by_learning_rate``.
@@ -80,7 +88,8 @@ def adam(
     Array([-0.001,  0.001], dtype=float32)
     """
     return chain(
-        adam_direction(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov), scale_by_learning_rate(learning_rate)
+        adam_direction(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype),
+        scale_by_learning_rate(learning_rate),
     )
 
 
@@ -96,6 +105,7 @@ def adamw(
     mask: MaskOrFn = None,
     *,
     nesterov: bool = False,
+    nu_dtype: AccumulatorDtype = None,
 ) -> Transformation:
     """AdamW (Loshchilov & Hutter 2019), Adam with decoupled weight decay::
 
@@ -115,7 +125,7 @@ def adamw(
     Array([-0.1], dtype=float32)
     """
     return chain(
-        adam_direction(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov),
+        adam_direction(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype),
         add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )
@@ -129,6 +139,8 @@ def nadam(
     eps: NonNegative = 1e-8,
     eps_root: NonNegative = 0.0,
     mu_dtype: AccumulatorDtype = None,
+    *,
+    nu_dtype: AccumulatorDtype = None,
 ) -> Transformation:
     """NAdam (Dozat 2016): Adam with a Nesterov look-ahead on the first moment::
 
@@ -144,7 +156,8 @@ def nadam(
     >>> bool(updates[0] < 0)
     True
     """
-    return chain(adam_direction(b1, b2, eps, eps_root, mu_dtype, nesterov=True), scale_by_learning_rate(learning_rate))
+    direction = adam_direction(b1, b2, eps, eps_root, mu_dtype, nesterov=True, nu_dtype=nu_dtype)
+    return chain(direction, scale_by_learning_rate(learning_rate))
 
 
 @declare
@@ -261,6 +274,7 @@ def nadamw(
     mask: MaskOrFn = None,
     *,
     nesterov: bool = True,
+    nu_dtype: AccumulatorDtype = None,
 ) -> Transformation:
     """NAdamW: NAdam (Dozat 2016) with AdamW's decoupled weight decay (Loshchilov & Hutter
     2019, https://arxiv.org/abs/1711.05101)::
@@ -281,7 +295,9 @@ def nadamw(
     >>> updates  # zero gradient: only the decay, -lr * wd * p
     Array([-0.1], dtype=float32)
     """
-    return adamw(learning_rate, b1, b2, eps, eps_root, mu_dtype, weight_decay, mask, nesterov=nesterov)
+    return adamw(
+        learning_rate, b1, b2, eps, eps_root, mu_dtype, weight_decay, mask, nesterov=nesterov, nu_dtype=nu_dtype
+    )
 
 
 @declare

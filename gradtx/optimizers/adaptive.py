@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 from gradtx.combine import chain, identity
-from gradtx.hyperparams import Decay, LearningRate, NonNegative, NonNegativeOrSchedule
+from gradtx.hyperparams import AccumulatorDtype, Decay, LearningRate, NonNegative, NonNegativeOrSchedule
 from gradtx.optimizers.sgd import momentum_stage
 from gradtx.scaling import (
     MaskOrFn,
@@ -30,6 +30,8 @@ def rmsprop(
     momentum: Optional[Decay] = None,
     nesterov: bool = False,
     bias_correction: bool = False,
+    *,
+    nu_dtype: AccumulatorDtype = None,
 ) -> Transformation:
     """RMSprop (Hinton's lecture 6e): ``s = decay * s + (1 - decay) * g^2 ;
     p = p - lr * g / sqrt(s + eps)``.
@@ -37,7 +39,9 @@ def rmsprop(
     ``eps_in_sqrt=False`` gives PyTorch's ``g / (sqrt(s) + eps)``; ``centered`` divides by
     the standard deviation ``sqrt(s - m^2 + eps)`` with ``m = ema(g)`` (Graves 2013);
     ``momentum`` adds a trace *after* the learning rate, as optax does; ``initial_scale``
-    is the value ``s`` starts from (TensorFlow uses 1).
+    is the value ``s`` starts from (TensorFlow uses 1); ``nu_dtype`` (gradtx's, keyword-only)
+    is the dtype of ``s`` in the state. A positive ``eps`` never rounds to 0 (float16: see
+    ``docs/guides/numerics.md``).
 
     Chain: ``[scale_by_rms | scale_by_stddev] -> scale_by_learning_rate -> [trace]``.
     State: ``nu`` (``mu`` centered, ``trace`` with momentum, ``count`` with bias
@@ -52,7 +56,12 @@ def rmsprop(
     precondition = scale_by_stddev if centered else scale_by_rms
     return chain(
         precondition(
-            decay=decay, eps=eps, initial_scale=initial_scale, eps_in_sqrt=eps_in_sqrt, bias_correction=bias_correction
+            decay=decay,
+            eps=eps,
+            initial_scale=initial_scale,
+            eps_in_sqrt=eps_in_sqrt,
+            bias_correction=bias_correction,
+            nu_dtype=nu_dtype,
         ),
         scale_by_learning_rate(learning_rate),
         momentum_stage(momentum, nesterov),
@@ -61,11 +70,16 @@ def rmsprop(
 
 @declare
 def adagrad(
-    learning_rate: LearningRate, initial_accumulator_value: NonNegative = 0.1, eps: NonNegative = 1e-7
+    learning_rate: LearningRate,
+    initial_accumulator_value: NonNegative = 0.1,
+    eps: NonNegative = 1e-7,
+    *,
+    accumulator_dtype: AccumulatorDtype = None,
 ) -> Transformation:
     """Adagrad (Duchi et al. 2011): ``s = s + g^2 ; p = p - lr * g / sqrt(s + eps)``,
     with ``s`` starting at ``initial_accumulator_value`` (optax and TensorFlow: 0.1;
-    PyTorch: 0).
+    PyTorch: 0). ``accumulator_dtype`` (gradtx's, keyword-only) is the dtype of ``s`` in
+    the state.
 
     Chain: ``scale_by_sum_of_squares -> scale_by_learning_rate``. State: ``sum_of_squares``.
 
@@ -75,7 +89,10 @@ def adagrad(
     >>> updates  # the first step is -lr * sign(g)
     Array([-1.], dtype=float32)
     """
-    return chain(scale_by_sum_of_squares(initial_accumulator_value, eps), scale_by_learning_rate(learning_rate))
+    return chain(
+        scale_by_sum_of_squares(initial_accumulator_value, eps, accumulator_dtype=accumulator_dtype),
+        scale_by_learning_rate(learning_rate),
+    )
 
 
 @declare

@@ -38,7 +38,7 @@ ROWS: list[Entry] = [
             dict(learning_rate=S, eps=1e-3, weight_decay=S),
         ],
         state=_ADAM_STATE,
-        dtypes={"mu_dtype": "mu"},
+        dtypes={"mu_dtype": "mu", "nu_dtype": "nu"},
         bad=(
             bad_args(learning_rate=-1e-3, message="learning_rate must be >= 0"),
             bad_args(learning_rate=1e-3, weight_decay=-0.1, message="weight_decay must be >= 0"),
