@@ -246,7 +246,7 @@ INJECT_ERRORS = {
         TypeError,
         (
             "gradtx.inject_hyperparams(adam)(lr=0.001): adam has no argument 'lr' (its arguments: learning_rate, "
-            "b1, b2, eps, eps_root, mu_dtype, nesterov)"
+            "b1, b2, eps, eps_root, mu_dtype, nesterov, nu_dtype)"
         ),
     ),
     "missing-argument": (
