@@ -28,8 +28,10 @@ from gradtx.base import (
     Updates,
     apply_updates,
 )
+from gradtx.checkpoint import *  # noqa: F403
 from gradtx.clipping import *  # noqa: F403
 from gradtx.combine import chain, fork, identity, named_chain, renamed, stateless
+from gradtx.diagnostics import *  # noqa: F403
 from gradtx.factored import (
     clip_by_block_rms,
     scale_by_cover_accumulators,
@@ -103,6 +105,7 @@ from gradtx.scaling import (
 )
 from gradtx.schedules import *  # noqa: F403 - each of these modules lists its names in __all__
 from gradtx.sharding import *  # noqa: F403
+from gradtx.sweeps import *  # noqa: F403
 from gradtx.transform import Field, Step, Transformation, declare, primitive
 from gradtx.utilities import *  # noqa: F403
 from gradtx.wrappers import *  # noqa: F403

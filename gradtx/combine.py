@@ -57,8 +57,15 @@ def chain(*transforms: GradientTransformation) -> Transformation:
             new.update(out)
         return updates, new
 
-    return finish(Stage(fields, any(s.uses_count for s in stages), apply, kind="chain",
-                        checks_dtypes=all(s.checks_dtypes for s in stages)))
+    return finish(
+        Stage(
+            fields,
+            any(s.uses_count for s in stages),
+            apply,
+            kind="chain",
+            checks_dtypes=all(s.checks_dtypes for s in stages),
+        )
+    )
 
 
 def fork(*branches: GradientTransformation, join: Callable[..., jax.Array]) -> Transformation:
@@ -89,8 +96,15 @@ def fork(*branches: GradientTransformation, join: Callable[..., jax.Array]) -> T
             new.update(fields_out)
         return jax.tree.map(join, *outs), new
 
-    return finish(Stage(fields, any(s.uses_count for s in stages), apply, kind="fork",
-                        checks_dtypes=all(s.checks_dtypes for s in stages)))
+    return finish(
+        Stage(
+            fields,
+            any(s.uses_count for s in stages),
+            apply,
+            kind="fork",
+            checks_dtypes=all(s.checks_dtypes for s in stages),
+        )
+    )
 
 
 def named_chain(*named: tuple[str, GradientTransformation]) -> Transformation:
@@ -129,8 +143,9 @@ def renamed(transform: GradientTransformation, **names: str) -> Transformation:
         out, new = inner.apply(updates, {k.name: state[names.get(k.name, k.name)] for k in inner.fields}, step)
         return out, {names.get(name, name): value for name, value in new.items()}
 
-    return finish(Stage(fields, inner.uses_count, apply, name=inner.name, kind=inner.kind,
-                        checks_dtypes=inner.checks_dtypes))
+    return finish(
+        Stage(fields, inner.uses_count, apply, name=inner.name, kind=inner.kind, checks_dtypes=inner.checks_dtypes)
+    )
 
 
 @declare

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Callable, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from gradtx import _tree
@@ -34,7 +35,8 @@ def check_step_bounds(call: str, min_step_size: Any, max_step_size: Any) -> None
     """``max_step_size >= min_step_size``, a rule across two arguments (skipped for traced values)."""
     if isinstance(min_step_size, jax.core.Tracer) or isinstance(max_step_size, jax.core.Tracer):
         return
-    if not bool(jnp.all(jnp.asarray(max_step_size) >= jnp.asarray(min_step_size))):
+    # numpy: inside jit or vmap a jnp comparison of two constants is staged, not known
+    if not bool(np.all(np.asarray(max_step_size) >= np.asarray(min_step_size))):
         raise ValueError(
             f"gradtx.{call}(max_step_size={max_step_size!r}): max_step_size must be >= min_step_size "
             f"({min_step_size!r})"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 from typing import Annotated, Any, Callable, Iterable, Mapping, Optional, Sequence
 
+import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
@@ -58,6 +59,12 @@ DecayShape = Annotated[str, OneOf(("linear", "cosine", "sqrt"))]
 # and numpy.bool, which declare rejects before the factory's body runs.
 
 Shape = Callable[[Any, Any, Any], Any]  # (start value, end value, fraction done) -> value
+
+
+def _known(*values) -> bool:
+    """Whether the values are known when the schedule is built: a traced one (a sweep's
+    ``jax.vmap``, a schedule built inside ``jax.jit``) is checked by no comparison."""
+    return not any(isinstance(v, jax.core.Tracer) for v in values)
 
 
 # --- the pieces: one home for each formula ---------------------------------------------
@@ -307,7 +314,7 @@ def warmup_cosine_decay_schedule(
     >>> [round(float(s(t)), 4) for t in range(8)]
     [0.0, 0.5, 1.0, 0.8682, 0.55, 0.2318, 0.1, 0.1]
     """
-    if not decay_steps > warmup_steps:  # type: ignore[operator]
+    if _known(decay_steps, warmup_steps) and not decay_steps > warmup_steps:  # type: ignore[operator]
         _fail(
             "warmup_cosine_decay_schedule",
             "decay_steps",
@@ -424,7 +431,7 @@ def linear_onecycle_schedule(
     >>> [float(s(t)) for t in (0, 2, 6, 10)]
     [0.25, 1.0, 0.25, 0.125]
     """
-    if not pct_final > pct_start:  # type: ignore[operator]
+    if _known(pct_final, pct_start) and not pct_final > pct_start:  # type: ignore[operator]
         _fail("linear_onecycle_schedule", "pct_final", pct_final, f"> pct_start ({pct_start!r})")
     steps = transition_steps
     boundaries = (int(pct_start * steps), int(pct_final * steps), steps)  # type: ignore[arg-type]
@@ -510,7 +517,7 @@ def cyclic_schedule(
     >>> [float(s(t)) for t in range(9)]
     [0.0, 0.5, 1.0, 0.5, 0.0, 0.25, 0.5, 0.25, 0.0]
     """
-    if not max_lr >= base_lr:  # type: ignore[operator]
+    if _known(max_lr, base_lr) and not max_lr >= base_lr:  # type: ignore[operator]
         _fail("cyclic_schedule", "max_lr", max_lr, f">= base_lr ({base_lr!r})")
     up = step_size
     down = step_size if step_size_down is None else step_size_down
@@ -537,7 +544,7 @@ def triangular_schedule(base_value: NonNegative, max_value: NonNegative, step_si
     >>> [float(s(t)) for t in range(5)]
     [0.0, 0.5, 1.0, 0.5, 0.0]
     """
-    if not max_value >= base_value:  # type: ignore[operator]
+    if _known(max_value, base_value) and not max_value >= base_value:  # type: ignore[operator]
         _fail("triangular_schedule", "max_value", max_value, f">= base_value ({base_value!r})")
     return cyclic_schedule(base_value, max_value, step_size)
 
@@ -569,7 +576,7 @@ def one_cycle_schedule(
     >>> [round(float(s(t)), 4) for t in range(6)]
     [0.25, 0.625, 1.0, 0.7083, 0.4167, 0.125]
     """
-    if three_phase and not pct_start <= 0.5:  # type: ignore[operator]
+    if three_phase and _known(pct_start) and not pct_start <= 0.5:  # type: ignore[operator]
         _fail("one_cycle_schedule", "pct_start", pct_start, "<= 0.5 with three_phase=True")
     start = pct_start * total_steps
     initial = max_lr / div_factor

@@ -14,18 +14,6 @@ import functools
 import os
 from typing import Any, Callable, NamedTuple
 
-# Compile time is most of the suite's time (two XLA compilations of ~0.13 s for each
-# parity run of a few microseconds' work). XLA:CPU's loop emitters compile the suite's
-# small programs 2.3x faster than its default fusion emitters (adam's step: 0.062 s
-# against 0.145 s here) from the same optimized HLO (the same fusions: the compiled HLO
-# text is identical); set before JAX starts its backend (nothing here computes at
-# import), inherited by the subprocesses. The fresh processes that check XLA's own output
-# (tests/test_fused_step.py, tests/test_flax_fast.py, tests/test_multiprocess.py) run
-# with XLA's defaults, as does ``GRADTX_TEST_XLA_DEFAULTS=1 make test`` for the whole suite.
-FAST_COMPILE_FLAG = "--xla_cpu_use_fusion_emitters=false"
-if os.environ.get("GRADTX_TEST_XLA_DEFAULTS") != "1" and FAST_COMPILE_FLAG not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_FLAG}".strip()
-
 import chex
 import jax
 import jax.numpy as jnp
@@ -35,6 +23,18 @@ import optax.contrib
 import pytest
 
 import gradtx
+
+# Compile time is most of the suite's time (two XLA compilations of ~0.13 s for each
+# parity run of a few microseconds' work). XLA:CPU's loop emitters compile the suite's
+# small programs 2.3x faster than its default fusion emitters (adam's step: 0.062 s
+# against 0.145 s here) from the same optimized HLO (the same fusions: the compiled HLO
+# text is identical). Set before JAX starts its backend (importing jax starts none), and
+# inherited by the subprocesses. The fresh processes that check XLA's own output
+# (tests/test_fused_step.py, tests/test_flax_fast.py, tests/test_multiprocess.py) run
+# with XLA's defaults, as does ``GRADTX_TEST_XLA_DEFAULTS=1 make test`` for the whole suite.
+FAST_COMPILE_FLAG = "--xla_cpu_use_fusion_emitters=false"
+if os.environ.get("GRADTX_TEST_XLA_DEFAULTS") != "1" and FAST_COMPILE_FLAG not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_FLAG}".strip()
 
 # Leaf shapes of the random trees: a nested dict / list / tuple with a scalar leaf.
 # Each leaf also has its own gradient scale, so that one run covers gradients much

@@ -13,15 +13,19 @@ import csv
 import gzip
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import chex
 import numpy as np
 import pytest
+from flax import nnx
 
+import gradtx
 from examples.mnist import __main__ as cli
-from examples.mnist import data, report, train
+from examples.mnist import checkpoints, data, models, report, train
 
 REPO = data.REPO_ROOT
 IDX_DIR = data.SHARED_DIR  # ../shared/data/mnist: the official t10k files
@@ -205,6 +209,102 @@ def test_mlp_adam_reaches_the_documented_accuracy():
     reaches >= 93% held-out accuracy after 5 epochs and >= 94.5% after 10."""
     result = train.train("mlp", "adam", data.load("idx", data_dir=IDX_DIR), epochs=10, progress=False)
     assert result.accuracies[4] >= 0.93 and result.accuracies[9] >= 0.945, result.accuracies
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+ARGS = ["--optimizers", "adam", "--epochs", "4", "--limit", "256", "--source", "idx", "--data-dir", str(IDX_DIR),
+        "--no-progress"]
+
+
+def test_sigterm_in_epoch_3_then_resume_equals_the_uninterrupted_run(tmp_path, capsys):
+    """Reference: the uninterrupted run (same data, seed and settings): the params and
+    optimizer state after the last epoch, bit for bit, and every epoch's loss and accuracy.
+
+    ``python -m examples.mnist --checkpoint-dir`` (a subprocess) is sent SIGTERM while
+    epoch 3's computation is in flight (``GRADTX_MNIST_HOLD_EPOCH=3`` holds it there until
+    the signal comes, so the test does not race the epoch): it exits with 143, leaving the
+    complete checkpoints of epochs 1 and 2 and nothing else. The same command with
+    ``--resume`` (here, in this process) goes on from epoch 2 to the end."""
+    ckpt, out = tmp_path / "ckpt", tmp_path / "out"
+    args = [*ARGS, "--checkpoint-dir", str(ckpt), "--out", str(out)]
+    env = dict(os.environ, CI="true", PYTHONPATH=str(REPO), **{checkpoints.HOLD_ENV: "3"})
+    proc = subprocess.Popen([sys.executable, "-m", "examples.mnist", *args], cwd=REPO, env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:  # until epoch 3 is in progress (or the process ends)
+        lines.append(line.rstrip("\n"))
+        if line.startswith("epoch 3/4: in progress"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    lines += proc.communicate(timeout=60)[0].splitlines()
+    run_dir = ckpt / "mlp-adam"
+    assert proc.returncode == checkpoints.SIGTERM_STATUS, "\n".join(lines)
+    assert lines[-1] == (f"SIGTERM: stopped mlp/adam in epoch 3; the last checkpoint is {run_dir / 'epoch_002'}: "
+                         f"rerun with --resume to go on from there")
+    assert sorted(p.name for p in run_dir.iterdir()) == ["epoch_001", "epoch_002"]
+    assert not out.exists()  # the interrupted run wrote no report
+
+    assert cli.main([*args, "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert f"mlp/adam       resumed from {run_dir / 'epoch_002'} (epoch 2/4)" in printed
+    assert "epoch  1/4" not in printed and "epoch  3/4" in printed and (out / "results.md").exists()
+
+    reference = train.train("mlp", "adam", data.load("idx", data_dir=IDX_DIR, limit=256), epochs=4, progress=False)
+    tx = train.OPTIMIZERS["adam"].build(train.OPTIMIZERS["adam"].learning_rate)
+    params = nnx.state(models.MLP(rngs=nnx.Rngs(0)), nnx.Param)
+    final = gradtx.restore_checkpoint(run_dir / "epoch_004", reference.final_state, tx=tx, params=params)
+    chex.assert_trees_all_equal(final, reference.final_state, strict=True)
+    info = gradtx.checkpoint_info(run_dir / "epoch_004")
+    assert info["accuracies"] == reference.accuracies and info["epoch_losses"] == reference.epoch_losses
+    np.testing.assert_array_equal(np.asarray(info["step_losses"], np.float32), reference.step_losses)
+
+
+def test_sigterm_while_a_checkpoint_is_written_waits_for_it(tmp_path):
+    """Reference: the checkpoint written whole (it restores to the saved state) before the
+    SIGTERM that arrived during the write stops the run; outside a write it stops at once."""
+    tx = train.OPTIMIZERS["adam"].build(1e-3)
+    model = models.MLP(rngs=nnx.Rngs(0))
+    state, params = nnx.state((model, nnx.Optimizer(model, tx, wrt=nnx.Param))), nnx.state(model, nnx.Param)
+    real_save, before = gradtx.save_checkpoint, signal.getsignal(signal.SIGTERM)
+
+    def save_with_a_sigterm_inside(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler runs here, in the middle of the write
+        real_save(*args, **kwargs)
+
+    with checkpoints.stop_on_sigterm():
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(gradtx, "save_checkpoint", save_with_a_sigterm_inside)
+            path = checkpoints.save(tmp_path, 1, state, tx=tx, params=params, info={})
+        with pytest.raises(checkpoints.Preempted):
+            checkpoints.raise_if_stopped()
+        chex.assert_trees_all_equal(gradtx.restore_checkpoint(path, state, tx=tx, params=params), state)
+        with pytest.raises(checkpoints.Preempted):
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is put back
+
+
+def test_resume_refuses_another_runs_checkpoint(tmp_path, capsys):
+    """A checkpoint of a 4-epoch run is not resumed by a 5-epoch one (its cosine schedule
+    would differ): the CLI names both runs and exits 2, the checkpoint left as it was."""
+    run_dir = tmp_path / "mlp-adam"
+    tx = train.OPTIMIZERS["adam"].build(1e-3)
+    model = models.MLP(rngs=nnx.Rngs(0))
+    state = nnx.state((model, nnx.Optimizer(model, tx, wrt=nnx.Param)))
+    run = dict(model="mlp", optimizer="adam", epochs=4, batch_size=64, seed=0, lr_schedule="constant",
+               train_images=256)
+    checkpoints.save(run_dir, 1, state, tx=tx, params=nnx.state(model, nnx.Param),
+                     info=dict(run=run, step_losses=[], epoch_losses=[], accuracies=[], epoch_seconds=[]))
+    before = {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+    code = cli.main([*ARGS, "--epochs", "5", "--out", str(tmp_path / "out"), "--checkpoint-dir", str(tmp_path),
+                     "--resume"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --resume: {run_dir / 'epoch_001'} was written by the run {run}, not by this one "
+                          f"{dict(run, epochs=5)}")
+    assert {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()} == before
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--resume"])
 
 
 # ----------------------------------------------------------------------------- outputs

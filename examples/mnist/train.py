@@ -9,7 +9,8 @@ one key per epoch, so a run is the same on every call on the same machine.
 from __future__ import annotations
 
 import time
-from typing import Callable, NamedTuple, Optional
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +19,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 import gradtx
+from examples.mnist import checkpoints
 from examples.mnist.data import Dataset
 from examples.mnist.models import MODELS
 
@@ -104,6 +106,7 @@ class RunResult(NamedTuple):
     accuracies: list[float]  # held-out accuracy after each epoch
     epoch_seconds: list[float]  # wall time of each epoch (training + evaluation)
     compile_seconds: float
+    final_state: Any = None  # the model and optimizer after the last epoch (one nnx.State)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -163,12 +166,16 @@ def make_functions(graphdef: nnx.GraphDef, batch_size: int, eval_chunk: int = 10
 
 
 def train(model_name: str, optimizer_name: str, data: Dataset, *, epochs: int, batch_size: int = 64,
-          seed: int = 0, progress: bool = True, lr_schedule: str = "constant") -> RunResult:
+          seed: int = 0, progress: bool = True, lr_schedule: str = "constant",
+          checkpoint_dir: Optional[Path] = None, resume: bool = False) -> RunResult:
     """Train ``model_name`` with the named optimizer; every run starts from the same
     initial parameters and sees the same batches (both from ``seed``).
 
     ``lr_schedule="cosine"`` decays the optimizer's learning rate to 0 over the run
-    (``gradtx.cosine_decay_schedule``); "constant" keeps the tutorials' fixed rate."""
+    (``gradtx.cosine_decay_schedule``); "constant" keeps the tutorials' fixed rate.
+    ``checkpoint_dir``: a checkpoint after each epoch, ``resume``: go on from the latest
+    one there (``examples/mnist/checkpoints.py``); SIGTERM raises ``checkpoints.Preempted``
+    where the CLI installs the handler."""
     spec = OPTIMIZERS[optimizer_name]
     if lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"train(lr_schedule={lr_schedule!r}): choose from {LR_SCHEDULES}")
@@ -180,37 +187,77 @@ def train(model_name: str, optimizer_name: str, data: Dataset, *, epochs: int, b
         raise ValueError(f"train: {len(data.train.labels)} training images, fewer than one batch "
                          f"of {batch_size}")
     model = MODELS[model_name](rngs=nnx.Rngs(seed))
-    optimizer = nnx.Optimizer(model, spec.build(learning_rate), wrt=nnx.Param)
+    tx = spec.build(learning_rate)
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     graphdef, state = nnx.split((model, optimizer))
+    params = nnx.state(model, nnx.Param)  # what the checkpoints are checked against
     images, labels = jnp.asarray(data.train.images), jnp.asarray(data.train.labels)
     held_images, held_labels = jnp.asarray(data.held_out.images), jnp.asarray(data.held_out.labels)
     key = jax.random.key(seed)
-
-    train_epoch, accuracy = make_functions(graphdef, batch_size, spec=spec)
-    start = time.perf_counter()
-    train_epoch = train_epoch.lower(state, images, labels, key).compile()
-    accuracy = accuracy.lower(state, held_images, held_labels).compile()
-    compile_seconds = time.perf_counter() - start
-
     name = f"{model_name}/{optimizer_name}"
-    result = RunResult(model_name, optimizer_name, hyperparameters, np.zeros(0, np.float32),
-                       [], [], [], compile_seconds)
-    step_losses = []
-    # disable=None: the bar shows on a terminal and stays silent without one (CI, pipes).
-    bar = tqdm(range(1, epochs + 1), desc=name, unit="epoch", disable=None if progress else True,
-               leave=False)
-    for epoch in bar:
+    # what a checkpoint must agree with to be resumed by this run
+    run = dict(model=model_name, optimizer=optimizer_name, epochs=epochs, batch_size=batch_size, seed=seed,
+               lr_schedule=lr_schedule, train_images=len(data.train.labels))
+    directory = None if checkpoint_dir is None else checkpoints.run_dir(checkpoint_dir, model_name, optimizer_name)
+    done, last_saved = 0, None  # the last epoch finished (with its checkpoint, when there are checkpoints)
+    try:
+        train_epoch, accuracy = make_functions(graphdef, batch_size, spec=spec)
         start = time.perf_counter()
-        state, losses = train_epoch(state, images, labels, jax.random.fold_in(key, epoch))
-        acc = float(accuracy(state, held_images, held_labels))
-        losses = np.asarray(losses)
-        seconds = time.perf_counter() - start
-        step_losses.append(losses)
-        result.epoch_losses.append(float(losses.mean()))
-        result.accuracies.append(acc)
-        result.epoch_seconds.append(seconds)
-        bar.set_postfix(loss=f"{losses.mean():.4f}", acc=f"{acc:.2%}")
-        tqdm.write(f"{name:<14} epoch {epoch:>2}/{epochs}: train loss {losses.mean():.4f}, "
-                   f"held-out accuracy {acc:.2%}, {seconds:.2f} s")
-    bar.close()
-    return result._replace(step_losses=np.concatenate(step_losses))
+        train_epoch = train_epoch.lower(state, images, labels, key).compile()
+        accuracy = accuracy.lower(state, held_images, held_labels).compile()
+        result = RunResult(model_name, optimizer_name, hyperparameters, np.zeros(0, np.float32),
+                           [], [], [], time.perf_counter() - start)
+        step_losses: list[np.ndarray] = []
+        if directory is not None and resume:
+            found = checkpoints.latest(directory)
+            if found is None:
+                tqdm.write(f"{name:<14} no checkpoint in {directory}: starting from epoch 1")
+            else:
+                done, last_saved = found
+                state = _resume(last_saved, run, state, tx, params, result, step_losses)
+                tqdm.write(f"{name:<14} resumed from {last_saved} (epoch {done}/{epochs})")
+        # disable=None: the bar shows on a terminal and stays silent without one (CI, pipes).
+        bar = tqdm(range(done + 1, epochs + 1), desc=name, unit="epoch", disable=None if progress else True,
+                   leave=False)
+        for epoch in bar:
+            start = time.perf_counter()
+            next_state, losses = train_epoch(state, images, labels, jax.random.fold_in(key, epoch))
+            checkpoints.hold_if_asked(epoch, epochs)
+            acc = float(accuracy(next_state, held_images, held_labels))
+            losses = np.asarray(losses)
+            seconds = time.perf_counter() - start
+            state = next_state
+            step_losses.append(losses)
+            result.epoch_losses.append(float(losses.mean()))
+            result.accuracies.append(acc)
+            result.epoch_seconds.append(seconds)
+            bar.set_postfix(loss=f"{losses.mean():.4f}", acc=f"{acc:.2%}")
+            tqdm.write(f"{name:<14} epoch {epoch:>2}/{epochs}: train loss {losses.mean():.4f}, "
+                       f"held-out accuracy {acc:.2%}, {seconds:.2f} s")
+            if directory is not None:
+                info = dict(run=run, step_losses=np.concatenate(step_losses).tolist(),
+                            epoch_losses=result.epoch_losses, accuracies=result.accuracies,
+                            epoch_seconds=result.epoch_seconds)
+                last_saved, done = checkpoints.save(directory, epoch, state, tx=tx, params=params, info=info), epoch
+                tqdm.write(f"{name:<14} checkpoint: wrote {last_saved}")
+                checkpoints.raise_if_stopped()
+            done = epoch
+        bar.close()
+    except checkpoints.Preempted:
+        raise checkpoints.Preempted(done + 1, last_saved, name) from None
+    return result._replace(step_losses=np.concatenate(step_losses), final_state=state)
+
+
+def _resume(path: Path, run: dict, state, tx, params, result: RunResult, step_losses: list) -> Any:
+    """The state saved in ``path``, after checking that this run wrote it; the results of
+    its epochs go back into ``result`` and ``step_losses``."""
+    info = gradtx.checkpoint_info(path)
+    if info.get("run") != run:
+        raise checkpoints.ResumeError(f"--resume: {path} was written by the run {info.get('run')}, "
+                                      f"not by this one {run}")
+    state = gradtx.restore_checkpoint(path, state, tx=tx, params=params)
+    step_losses.append(np.asarray(info["step_losses"], np.float32))
+    result.epoch_losses.extend(info["epoch_losses"])
+    result.accuracies.extend(info["accuracies"])
+    result.epoch_seconds.extend(info["epoch_seconds"])
+    return state

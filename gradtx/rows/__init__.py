@@ -23,4 +23,6 @@ FAMILIES = (
     "masking",
     "averaging",
     "schedules",
+    "checkpoint",
+    "sweeps",
 )

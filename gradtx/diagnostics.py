@@ -1,0 +1,422 @@
+"""Diagnostics: transformations that observe training without changing it.
+
+Each one hands its updates on untouched (the same arrays: bit for bit) and records one
+number per step in its state field, for the whole tree or, with ``per_leaf=True``, one
+per leaf (a tree shaped like the params with a scalar at each leaf). Placed after an
+optimizer they watch the steps it takes; placed before it, the gradients::
+
+    >>> import jax, jax.numpy as jnp, gradtx
+    >>> opt = gradtx.chain(gradtx.sgd(0.1, momentum=0.9), gradtx.update_norm(), gradtx.oscillation())
+    >>> params = {"w": jnp.array([1.0, -2.0])}
+    >>> state = opt.init(params)
+    >>> def step(carry, grads):
+    ...     params, state = carry
+    ...     updates, state = opt.update(grads, state, params)
+    ...     return (gradtx.apply_updates(params, updates), state), gradtx.diagnostics_in(state)
+    >>> grads = {"w": jnp.array([[1.0, 1.0], [-1.0, 1.0], [-1.0, 1.0]])}
+    >>> _, recorded = jax.lax.scan(step, (params, state), grads)
+    >>> recorded["update_norm"]
+    Array([0.14142136, 0.19026297, 0.2920993 ], dtype=float32)
+    >>> recorded["oscillation"]
+    Array([0. , 0.5, 0. ], dtype=float32)
+
+The formulas, each written once here (``norm``, ``ratio``, ``inner``, ``flip_fraction``,
+``cosine``, ``displacement``) and named at the head of its transformation:
+
+- ``update_norm``: ``||u|| = sqrt(sum |u|^2)``;
+- ``update_ratio``: ``||u|| / ||p||`` (0 where ``u = 0``), the step's size relative to the
+  weights it moves;
+- ``oscillation``: the share of elements whose update points the other way from the
+  previous step's, ``Re(u * conj(u_prev)) < 0`` (a sign flip for real numbers);
+- ``update_cosine``: ``Re<u, u_prev> / (||u|| ||u_prev||)`` (0 where a norm is 0);
+- ``distance_travelled``: ``||p + u - o||``, how far the params after this step are from
+  the reference point ``o`` (the params at ``init``, or at the start of every
+  ``reset_every`` steps);
+- ``training_diagnostics``: the five at once, each leaf read once for all of them.
+
+The recorded values are in float32 (float64 for float64 params), whatever the params'
+precision; complex params give real values. ``diagnostics_in(state)`` collects them from
+any state (a chain's record, a wrapper's ``inner_state``, a sweep's batched state), so that
+a jitted ``lax.scan`` can return them step by step. Their cost on an MNIST-sized Adam step
+is measured in ``docs/guides/sweeps.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from gradtx import tree as _tree_utils
+from gradtx.base import UpdateError
+from gradtx.hyperparams import Integer
+from gradtx.numerics import abs_sq
+from gradtx.transform import Field, Transformation, declare, primitive
+
+__all__ = [
+    "diagnostics_in",
+    "distance_travelled",
+    "oscillation",
+    "training_diagnostics",
+    "update_cosine",
+    "update_norm",
+    "update_ratio",
+]
+
+RECORDED = ("update_norm", "update_ratio", "oscillation", "cosine", "distance")
+"""The state fields in which the diagnostics record their values (``diagnostics_in`` reads them)."""
+
+Steps = Optional[Annotated[int, Integer(1)]]
+
+# --- the formulas, each once -----------------------------------------------------------------
+
+
+def norm(sq_sum: jax.Array) -> jax.Array:
+    """``||x|| = sqrt(sum |x|^2)`` from the sum of squares."""
+    return jnp.sqrt(sq_sum)
+
+
+def ratio(u_norm: jax.Array, p_norm: jax.Array) -> jax.Array:
+    """``||u|| / ||p||``, 0 where ``||u|| = 0`` (inf where only the params are 0)."""
+    return jnp.where(u_norm == 0, jnp.zeros_like(u_norm), u_norm / p_norm)
+
+
+def inner(u: jax.Array, v: jax.Array) -> jax.Array:
+    """``Re(u * conj(v))`` element by element: negative where ``u`` points the other way
+    from ``v`` (a sign flip for real numbers, a turn by more than 90 degrees for complex ones)."""
+    if jnp.iscomplexobj(v):
+        v = jnp.conj(v)
+    return jnp.real(u * v)
+
+
+def displacement(p: jax.Array, u: jax.Array, o: jax.Array) -> jax.Array:
+    """``p + u - o``: where the step ``u`` takes the params ``p``, from the reference point ``o``."""
+    return p + u - o
+
+
+def flip_fraction(flips: jax.Array, size: jax.Array) -> jax.Array:
+    """``flips / size``: the share of elements whose sign flipped, 0 for no elements."""
+    return jnp.where(size == 0, jnp.zeros_like(flips), flips / jnp.maximum(size, 1))
+
+
+def cosine(dot: jax.Array, sq_a: jax.Array, sq_b: jax.Array) -> jax.Array:
+    """``<a, b> / (||a|| ||b||)`` from the inner product and the two sums of squares, 0
+    where either norm is 0."""
+    zero = (sq_a == 0) | (sq_b == 0)
+    return jnp.where(zero, jnp.zeros_like(dot), dot / jnp.where(zero, 1, jnp.sqrt(sq_a) * jnp.sqrt(sq_b)))
+
+
+# --- shared plumbing -------------------------------------------------------------------------
+
+
+def _wide(x: Any) -> jax.Array:
+    """``x`` in at least float32 (complex64 for complex): the precision the sums are taken in."""
+    x = jnp.asarray(x)
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def _real_wide(dtype: Any) -> Any:
+    """The dtype a value about a leaf of ``dtype`` is recorded in: float32, or float64."""
+    wide = jnp.promote_types(dtype, jnp.float32)
+    return jnp.finfo(wide).dtype if jnp.issubdtype(wide, jnp.complexfloating) else wide
+
+
+def _sums(*terms: jax.Array) -> tuple[jax.Array, ...]:
+    """Each term summed over all its elements, in one pass over the leaf (a variadic reduce:
+    XLA reads the inputs once for all the sums)."""
+    zeros = tuple(jnp.zeros((), t.dtype) for t in terms)
+    return tuple(lax.reduce(terms, zeros, lambda a, b: tuple(x + y for x, y in zip(a, b)), tuple(range(terms[0].ndim))))
+
+
+def _size(x: Any) -> jax.Array:
+    return jnp.asarray(jnp.size(x), jnp.int32)
+
+
+def _recorded(per_leaf: bool) -> Field:
+    """The field a diagnostic records into: a scalar per leaf, or one for the whole tree."""
+
+    def init(params):
+        leaves, treedef = jax.tree.flatten(params)
+        dtypes = [_real_wide(jnp.asarray(p).dtype) for p in leaves]
+        if per_leaf:
+            return jax.tree.unflatten(treedef, [jnp.zeros((), d) for d in dtypes])
+        return jnp.zeros((), jnp.result_type(*dtypes) if dtypes else jnp.float32)
+
+    return Field(init, like_params=False)
+
+
+def _rows(per_leaf: bool, partials: Sequence[tuple]) -> list[tuple]:
+    """The sums per leaf, or one row of their totals over the leaves (none for no leaves)."""
+    if per_leaf or not partials:
+        return list(partials)
+    return [tuple(sum(column[1:], column[0]) for column in zip(*partials))]
+
+
+def _record(per_leaf: bool, like: Any, rows: Sequence[tuple], formula: Callable[..., jax.Array], old: Any) -> Any:
+    """``formula(*row)`` for each leaf's row (a tree shaped like ``like``) or for the one row
+    of totals (a scalar), in the dtypes of the field's previous value ``old``."""
+    if per_leaf:
+        values = [formula(*row).astype(o.dtype) for row, o in zip(rows, jax.tree.leaves(old))]
+        return jax.tree.unflatten(jax.tree.structure(like), values)
+    return formula(*rows[0]).astype(old.dtype) if rows else jnp.zeros_like(old)
+
+
+def _combine(per_leaf: bool, like: Any, partials: Sequence[tuple], formula: Callable[..., jax.Array], old: Any) -> Any:
+    """``formula`` of each leaf's sums, or of their totals (``_rows``, ``_record``)."""
+    return _record(per_leaf, like, _rows(per_leaf, partials), formula, old)
+
+
+def _params_of(step) -> Any:
+    if step.params is None:
+        raise UpdateError("update() needs params (call update(updates, state, params))")
+    return step.params
+
+
+def _origin(params: Any, origin: Any, count: jax.Array, reset_every: Optional[int]) -> Any:
+    """The reference point of this step: ``origin``, or ``params`` at the start of every
+    ``reset_every`` steps (``count``: the steps taken before this one)."""
+    if reset_every is None:
+        return origin
+    restart = count % reset_every == 0
+    return jax.tree.map(lambda p, o: jnp.where(restart, jnp.asarray(p).astype(o.dtype), o), params, origin)
+
+
+def _copy(params: Any) -> Any:
+    return jax.tree.map(lambda p: jnp.array(p, copy=True), params)
+
+
+def _sign_dtype(dtype: Any) -> Any:
+    return dtype if jnp.issubdtype(dtype, jnp.complexfloating) else jnp.int8
+
+
+# --- the transformations ------------------------------------------------------------------------
+
+
+@declare
+def update_norm(per_leaf: bool = False) -> Transformation:
+    """``update_norm = ||u|| = sqrt(sum |u|^2) ; u -> u`` (records the step's size).
+
+    The Euclidean norm of the updates, over the whole tree or, with ``per_leaf``, of each
+    leaf. After an optimizer it is the size of the step it takes; before it, the gradients'
+    norm. The mean update size per element is ``update_norm / sqrt(n)`` for ``n`` elements.
+
+    Args:
+      per_leaf: record one norm per leaf (a tree shaped like the params) instead of one.
+
+    State: ``update_norm``.
+    """
+
+    def apply(updates, state, step):
+        partials = [_sums(abs_sq(_wide(u))) for u in jax.tree.leaves(updates)]
+        return updates, {"update_norm": _combine(per_leaf, updates, partials, norm, state["update_norm"])}
+
+    return primitive(apply, {"update_norm": _recorded(per_leaf)})
+
+
+@declare
+def update_ratio(per_leaf: bool = False) -> Transformation:
+    """``update_ratio = ||u|| / ||p|| ; u -> u`` (0 where ``u = 0``; reads the params).
+
+    The update-to-parameter norm ratio: how large the step is relative to the weights it
+    moves (the params before this step), over the whole tree or per leaf. A common rule of
+    thumb wants it around 1e-3 per layer.
+
+    Args:
+      per_leaf: record one ratio per leaf (a tree shaped like the params) instead of one.
+
+    State: ``update_ratio``.
+    """
+
+    def apply(updates, state, step):
+        params = jax.tree.leaves(_params_of(step))
+        partials = [_sums(abs_sq(_wide(u)), abs_sq(_wide(p))) for u, p in zip(jax.tree.leaves(updates), params)]
+        value = _combine(per_leaf, updates, partials, lambda uu, pp: ratio(norm(uu), norm(pp)), state["update_ratio"])
+        return updates, {"update_ratio": value}
+
+    return primitive(apply, {"update_ratio": _recorded(per_leaf)})
+
+
+@declare
+def oscillation(per_leaf: bool = False) -> Transformation:
+    """``oscillation = mean(sign(u) * sign(u_prev) < 0) ; u -> u`` (the share of sign flips).
+
+    The fraction of elements whose update changed sign since the previous step (for
+    complex updates: turned by more than 90 degrees, ``Re(u * conj(u_prev)) < 0``), over
+    the whole tree or per leaf; 0 at the first step. An element whose update is 0 now or
+    was 0 before has not flipped. A high fraction is a step size that makes the weights
+    oscillate across a valley.
+
+    Args:
+      per_leaf: record one fraction per leaf (a tree shaped like the params) instead of one.
+
+    State: ``previous_sign`` (the last update's sign: int8 for real params, ``u / |u|`` for
+    complex ones), ``oscillation``.
+    """
+
+    def apply(updates, state, step):
+        signs = jax.tree.leaves(state["previous_sign"])
+        partials = [
+            (*_sums((inner(_wide(u), s) < 0).astype(jnp.int32)), _size(u))
+            for u, s in zip(jax.tree.leaves(updates), signs)
+        ]
+        value = _combine(per_leaf, updates, partials, _fraction, state["oscillation"])
+        new_signs = jax.tree.map(lambda u, s: jnp.sign(u).astype(s.dtype), updates, state["previous_sign"])
+        return updates, {"previous_sign": new_signs, "oscillation": value}
+
+    def init_signs(params):
+        return jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), _sign_dtype(jnp.asarray(p).dtype)), params)
+
+    return primitive(apply, {"previous_sign": Field(init_signs, like_params=False), "oscillation": _recorded(per_leaf)})
+
+
+def _fraction(flips: jax.Array, size: jax.Array) -> jax.Array:
+    return flip_fraction(flips.astype(jnp.float32), size.astype(jnp.float32))
+
+
+@declare
+def update_cosine(per_leaf: bool = False) -> Transformation:
+    """``cosine = <u, u_prev> / (||u|| ||u_prev||) ; u -> u`` (0 where a norm is 0).
+
+    The cosine between this step's update and the previous one's (the real part of the
+    inner product for complex updates), over the whole tree or per leaf: near 1 when the
+    steps keep their direction, negative when they zig-zag; 0 at the first step.
+
+    Args:
+      per_leaf: record one cosine per leaf (a tree shaped like the params) instead of one.
+
+    State: ``previous_update`` (the last update, in the params' dtype), ``cosine``.
+    """
+
+    def apply(updates, state, step):
+        previous = jax.tree.leaves(state["previous_update"])
+        partials = []
+        for u, v in zip(jax.tree.leaves(updates), previous):
+            uw, vw = _wide(u), _wide(v)
+            partials.append(_sums(inner(uw, vw), abs_sq(uw), abs_sq(vw)))
+        value = _combine(per_leaf, updates, partials, cosine, state["cosine"])
+        kept = jax.tree.map(lambda u, v: u.astype(v.dtype), updates, state["previous_update"])
+        return updates, {"previous_update": kept, "cosine": value}
+
+    return primitive(apply, {"previous_update": _zeros_like, "cosine": _recorded(per_leaf)})
+
+
+def _zeros_like(params: Any) -> Any:
+    return jax.tree.map(jnp.zeros_like, params)
+
+
+@declare
+def distance_travelled(per_leaf: bool = False, reset_every: Steps = None) -> Transformation:
+    """``distance = ||p + u - o|| ; u -> u`` (``o`` the reference point; reads the params).
+
+    How far the params after this step (``p + u``, ``p`` the params passed to ``update``)
+    are from the reference point ``o``: the params at ``init``, moved to the params of the
+    step at the start of every ``reset_every`` steps (an epoch's length: the value at the
+    epoch's last step is the distance the weights travelled in that epoch). Set ``o``
+    yourself with ``gradtx.tree.set(state, origin=params)``. Over the whole tree or per leaf.
+
+    Args:
+      per_leaf: record one distance per leaf (a tree shaped like the params) instead of one.
+      reset_every: move the reference point to the current params every this many steps
+        (``None``: never).
+
+    State: ``count``, ``origin`` (the reference point, in the params' dtype), ``distance``.
+    """
+
+    def apply(updates, state, step):
+        params = _params_of(step)
+        origin = _origin(params, state["origin"], step.count, reset_every)
+        partials = [
+            _sums(abs_sq(displacement(_wide(p), _wide(u), _wide(o))))
+            for u, p, o in zip(jax.tree.leaves(updates), jax.tree.leaves(params), jax.tree.leaves(origin))
+        ]
+        value = _combine(per_leaf, updates, partials, norm, state["distance"])
+        return updates, {"origin": origin, "distance": value}
+
+    return primitive(apply, {"origin": _copy, "distance": _recorded(per_leaf)}, uses_count=True)
+
+
+@declare
+def training_diagnostics(per_leaf: bool = False, reset_every: Steps = None) -> Transformation:
+    """``(update_norm, update_ratio, oscillation, cosine, distance) of u ; u -> u`` in one pass.
+
+    The five diagnostics of this module at once, with their formulas (``update_norm``,
+    ``update_ratio``, ``oscillation``, ``update_cosine``, ``distance_travelled``) and
+    their values, at the cost of about one: each leaf is read once for all the sums, and
+    the oscillation is read off the previous update that the cosine keeps anyway (where
+    chaining the five keeps the previous update twice and reads each leaf five times).
+
+    Args:
+      per_leaf: record one value of each per leaf (trees shaped like the params).
+      reset_every: move the distance's reference point to the current params every this
+        many steps (``None``: never).
+
+    State: ``count``, ``previous_update``, ``origin``, ``update_norm``, ``update_ratio``,
+    ``oscillation``, ``cosine``, ``distance``.
+    """
+
+    def apply(updates, state, step):
+        params = _params_of(step)
+        origin = _origin(params, state["origin"], step.count, reset_every)
+        partials = []
+        trees = (updates, params, state["previous_update"], origin)
+        for u, p, v, o in zip(*(jax.tree.leaves(t) for t in trees)):
+            uw, pw = _wide(u), _wide(p)
+            dot = inner(uw, _wide(v))
+            terms = (abs_sq(uw), abs_sq(pw), dot, (dot < 0).astype(jnp.int32), abs_sq(displacement(pw, uw, _wide(o))))
+            partials.append((*_sums(*terms), _size(u)))
+        # |u_prev|^2 is the square of the norm recorded at the previous step (one sum fewer)
+        rows = [(*row, n**2) for row, n in zip(_rows(per_leaf, partials), jax.tree.leaves(state["update_norm"]))]
+
+        def record(name, formula):
+            return _record(
+                per_leaf,
+                updates,
+                rows,
+                lambda uu, pp, dot, flips, dd, size, vv: formula(
+                    uu=uu, pp=pp, dot=dot, flips=flips, dd=dd, size=size, vv=vv
+                ),
+                state[name],
+            )
+
+        values = {
+            "update_norm": record("update_norm", lambda uu, **_: norm(uu)),
+            "update_ratio": record("update_ratio", lambda uu, pp, **_: ratio(norm(uu), norm(pp))),
+            "oscillation": record("oscillation", lambda flips, size, **_: _fraction(flips, size)),
+            "cosine": record("cosine", lambda dot, uu, vv, **_: cosine(dot, uu, vv)),
+            "distance": record("distance", lambda dd, **_: norm(dd)),
+        }
+        kept = jax.tree.map(lambda u, v: u.astype(v.dtype), updates, state["previous_update"])
+        return updates, {"previous_update": kept, "origin": origin, **values}
+
+    fields: dict[str, Any] = {"previous_update": _zeros_like, "origin": _copy}
+    fields.update({name: _recorded(per_leaf) for name in RECORDED})
+    return primitive(apply, fields, uses_count=True)
+
+
+def diagnostics_in(state: Any) -> dict[str, Any]:
+    """The values the diagnostics recorded in ``state``: ``{"update_norm": ..., ...}``.
+
+    Looks through any nesting of records (a chain's, a wrapper's ``inner_state``, a
+    ``named_chain``'s dict) for the fields the diagnostics record into
+    (``update_norm``, ``update_ratio``, ``oscillation``, ``cosine``, ``distance``). A
+    field found more than once is keyed by its path (``"inner_state.update_norm"``).
+    Return it from a ``lax.scan`` body to get the values step by step.
+    """
+    out: dict[str, Any] = {}
+    for name in RECORDED:
+        found = _tree_utils.get_all_with_path(state, name)
+        if len(found) == 1:
+            out[name] = found[0][1]
+        else:
+            for path, value in found:
+                out[".".join(_path_name(k) for k in path)] = value
+    return out
+
+
+def _path_name(key: Any) -> str:
+    for attr in ("name", "key", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
