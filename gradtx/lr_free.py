@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from gradtx import _tree
 from gradtx.base import GradientTransformation, UpdateError
 from gradtx.hyperparams import Positive
-from gradtx.numerics import abs_sq, ema, real_dtype, safe_increment, tree_vdot
+from gradtx.numerics import abs_sq, ema, plus_eps, real_dtype, safe_increment, tree_vdot
 from gradtx.transform import Field, Transformation, declare, primitive, update_inner
 
 __all__ = ["scale_by_cocob"]
@@ -272,14 +272,15 @@ def dadapt_adamw_step(learning_rate, betas, eps, estim_lr0, weight_decay):
         d = state["estim_lr"]
         correction = adam_step_correction(b1, b2, safe_increment(step.count))
         dlr = (d * _rate(learning_rate, step.count) * correction).astype(d.dtype)
-        weighted = jax.tree.map(lambda s, v: s / (jnp.sqrt(v) + eps), state["grad_sum"], state["exp_avg_sq"])
+        # plus_eps: in float16 eps = 1e-8 rounds to 0, and 0 / 0 at the first step poisons d for every leaf
+        weighted = jax.tree.map(lambda s, v: s / plus_eps(jnp.sqrt(v), eps), state["grad_sum"], state["exp_avg_sq"])
         inner = tree_vdot(updates, weighted)
         exp_avg = jax.tree.map(lambda m, g: ema(dlr * g, m, b1).astype(m.dtype), state["exp_avg"], updates)
         exp_avg_sq = jax.tree.map(lambda v, g: ema(abs_sq(g), v, b2).astype(v.dtype), state["exp_avg_sq"], updates)
         grad_sum = decayed_sum(state["grad_sum"], updates, sb2, (1 - sb2) * dlr)
         numerator = decayed_sum(state["numerator_weighted"], inner, sb2, (1 - sb2) * dlr)
         out = jax.tree.map(
-            lambda m, v, p: weight_decay * dlr * p + m / (jnp.sqrt(v) + eps), exp_avg, exp_avg_sq, params
+            lambda m, v, p: weight_decay * dlr * p + m / plus_eps(jnp.sqrt(v), eps), exp_avg, exp_avg_sq, params
         )
         return _like(out, updates), {
             "exp_avg": exp_avg,
@@ -384,7 +385,8 @@ def momo_step(learning_rate, beta, lower_bound, weight_decay, adapt_lower_bound)
         # optax's operation order (b * old + (1 - b) * new), which XLA rounds differently from ``ema``'s
         barf = bt * state["barf"] + (1 - bt) * jnp.asarray(value, state["barf"].dtype)
         exp_avg = jax.tree.map(lambda m, g: (bt * m + (1 - bt) * g).astype(m.dtype), state["exp_avg"], updates)
-        gamma = bt * state["gamma"] + (1 - bt) * tree_vdot(updates, params)
+        # cast: <g, x> of a mixed-precision tree is as wide as its widest leaf; the state keeps its dtype
+        gamma = (bt * state["gamma"] + (1 - bt) * tree_vdot(updates, params)).astype(state["gamma"].dtype)
         norm = sq_norm(exp_avg)
         iprod = tree_vdot(exp_avg, params)
         alpha = _rate(learning_rate, step.count)
@@ -427,7 +429,7 @@ def momo_adam_step(learning_rate, b1, b2, eps, lower_bound, weight_decay, adapt_
         bc2 = jnp.asarray(1 - b2**t, barf.dtype)
         precond = jax.tree.map(lambda v: eps + jnp.sqrt(v / bc2), exp_avg_sq)
         norm = tree_vdot(exp_avg, jax.tree.map(jnp.divide, exp_avg, precond))
-        gamma = ema(tree_vdot(updates, params), state["gamma"], b1)
+        gamma = ema(tree_vdot(updates, params), state["gamma"], b1).astype(state["gamma"].dtype)
         iprod = tree_vdot(exp_avg, params)
         alpha = _rate(learning_rate, step.count)
         bc1 = jnp.asarray(1 - b1**t, barf.dtype)

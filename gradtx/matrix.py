@@ -209,7 +209,7 @@ def _aol_first_step(x: jax.Array, coeffs: jax.Array, eps=1e-8) -> jax.Array:
 
 def _schatten_first_step(x: jax.Array, coeffs: jax.Array, eps=1e-8) -> jax.Array:
     """The first step with Schatten-4 rescaling (Grishina et al. 2025): ``X -> X / sqrt(||A||_F)``."""
-    a = x @ x.T
+    a = x @ x.T.conj()
     s = jnp.expand_dims(jax.lax.rsqrt(jnp.clip(jnp.linalg.norm(a, ord="fro", axis=(-2, -1)), min=eps)), (0, -1))
     x, a = x * s, a * s**2
     b = coeffs[1] * a + coeffs[2] * a @ a
@@ -224,6 +224,12 @@ def _iterate(i, x: jax.Array, coeffs: jax.Array, preconditioning: str) -> jax.Ar
     if first is None:
         return _ns_step(x, coeffs)
     return jax.lax.cond(i == 0, lambda y: first(y, coeffs), lambda y: _ns_step(y, coeffs), x)
+
+
+def _spectral_norm(x: jax.Array) -> jax.Array:
+    """``||X||_2`` in ``X``'s real dtype, computed in float32 at least (LAPACK's SVD has no
+    float16 or bfloat16)."""
+    return jnp.linalg.norm(x.astype(jnp.promote_types(x.dtype, jnp.float32)), ord=2).astype(jnp.finfo(x.dtype).dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("ns_coeffs", "ns_steps", "preconditioning", "eps_floor"), inline=True)
@@ -241,7 +247,7 @@ def orthogonalize_matrix(
     if transposed:
         x = x.T
     if preconditioning in ("frobenius", "spectral"):
-        norm = jnp.linalg.norm(x, ord="fro" if preconditioning == "frobenius" else 2)
+        norm = jnp.linalg.norm(x, ord="fro") if preconditioning == "frobenius" else _spectral_norm(x)
         x /= jnp.maximum(norm, eps) if eps_floor else norm + eps
     coeffs = jnp.asarray(ns_coeffs).astype(x.dtype)
     if coeffs.ndim == 1:

@@ -35,7 +35,7 @@ GradFn = Callable[[Any, int], Any]
 @declare
 def normalize() -> Transformation:
     """``u -> u / ||u||``, ``||u||`` the norm over all leaves (SAM's adversarial direction;
-    optax.contrib's ``normalize``).
+    optax.contrib's ``normalize``); ``u`` where ``||u|| = 0`` (optax: NaN).
 
     >>> import jax.numpy as jnp, gradtx
     >>> gradtx.normalize().update({"a": jnp.array([3.0]), "b": jnp.array([4.0])}, ())[0]
@@ -43,8 +43,9 @@ def normalize() -> Transformation:
     """
 
     def apply(updates, state, step):
-        norm = global_norm(updates)
-        return jax.tree.map(lambda g: g / norm, updates), {}
+        norm = global_norm(updates)  # as wide as the widest leaf: each leaf keeps its own dtype
+        norm = jnp.where(norm > 0, norm, 1)  # an all-zero update stays zero, not 0 / 0
+        return jax.tree.map(lambda g: (g / norm).astype(g.dtype), updates), {}
 
     return primitive(apply)
 

@@ -83,3 +83,14 @@ def test_coming_from_optax_provides_95_percent_of_the_optimizer_kinds_and_says_w
                                                            "Combinators and wrappers", "Schedules")]
     unexplained = [line for t in counted for line in t.splitlines() if line.endswith("| not yet |  |")]
     assert unexplained == []
+
+
+def test_guarantees_name_tests_that_exist():
+    """Reference: the test files themselves. Each ``tests/<file>.py::<test>`` the Guarantees
+    page cites is a test function of that file (the page cannot outlive its tests)."""
+    page = _pages()["guarantees.md"]
+    cited = set(re.findall(r"`(tests/[\w/]+\.py)::(test_\w+)`", page))
+    assert len(cited) >= 30, cited
+    missing = sorted(f"{path}::{name}" for path, name in cited
+                     if not re.search(rf"^\s*def {name}\(", (ROOT / path).read_text(), flags=re.M))
+    assert missing == []
