@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # (mypy on a user's script, run from anywhere) find the installed gradtx and its py.typed.
 EDITABLE_MODE := --config-settings editable_mode=compat
 
-.PHONY: test test-deep lint demo mnist-figures bench bench-quick device-check docs clean
+.PHONY: test test-deep lint study demo mnist-figures bench bench-quick device-check docs clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -50,6 +50,10 @@ demo: $(VENV)/.examples-deps
 
 mnist-figures: $(VENV)/.examples-deps
 	$(BIN)/python -m examples.mnist --optimizers sgd,momentum,nesterov,rmsprop,adagrad,adadelta,adam --epochs 5 --source idx --out docs/mnist --readme README.md
+
+# The optimizer study (issue 13): every grid one compiled program; report and figures into docs/.
+study: $(VENV)/.examples-deps
+	$(BIN)/python -m examples.study --out docs/study --page docs/study.md
 
 bench: $(VENV)/.bench-deps
 	$(BIN)/python -m benchmarks

@@ -147,9 +147,10 @@ def main() -> None:
 
 
 # Benchmarks with their own process and tables: Muon against optax.contrib.muon (4096 x 4096
-# and ResNet-50 shapes), SOAP and Shampoo against Adam (step, refresh and state bytes), and
-# the fused step inside an unmodified Flax NNX train step.
-EXTRA = ("muon", "preconditioned", "flax_step")
+# and ResNet-50 shapes), SOAP and Shampoo against Adam (step, refresh and state bytes), the
+# fused step inside an unmodified Flax NNX train step, and a sweep of N = 1 to 128 settings
+# of the MNIST MLP in one program against the same settings one after another.
+EXTRA = ("muon", "preconditioned", "flax_step", "sweeps")
 
 
 def run_extra(name: str, quick: bool) -> str:
