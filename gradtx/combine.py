@@ -40,6 +40,13 @@ from gradtx.transform import (
 )
 
 
+def _merged(stages: list[Stage], fields: tuple, apply: Any, kind: str) -> Transformation:
+    """The transformation of ``stages`` run as one (a chain or a fork): it counts steps when
+    any stage does, and checks dtypes when all do."""
+    checks = all(s.checks_dtypes for s in stages)
+    return finish(Stage(fields, any(s.uses_count for s in stages), apply, kind=kind, checks_dtypes=checks))
+
+
 def chain(*transforms: GradientTransformation) -> Transformation:
     """``u -> t_n(...t_2(t_1(u)))``: apply the transformations one after another.
 
@@ -57,15 +64,7 @@ def chain(*transforms: GradientTransformation) -> Transformation:
             new.update(out)
         return updates, new
 
-    return finish(
-        Stage(
-            fields,
-            any(s.uses_count for s in stages),
-            apply,
-            kind="chain",
-            checks_dtypes=all(s.checks_dtypes for s in stages),
-        )
-    )
+    return _merged(stages, fields, apply, "chain")
 
 
 def fork(*branches: GradientTransformation, join: Callable[..., jax.Array]) -> Transformation:
@@ -96,15 +95,7 @@ def fork(*branches: GradientTransformation, join: Callable[..., jax.Array]) -> T
             new.update(fields_out)
         return jax.tree.map(join, *outs), new
 
-    return finish(
-        Stage(
-            fields,
-            any(s.uses_count for s in stages),
-            apply,
-            kind="fork",
-            checks_dtypes=all(s.checks_dtypes for s in stages),
-        )
-    )
+    return _merged(stages, fields, apply, "fork")
 
 
 def named_chain(*named: tuple[str, GradientTransformation]) -> Transformation:
