@@ -65,14 +65,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     rows = []
-    print(f"{'tree':32s} {'gradtx ms':>10s} {'optax ms':>10s} {'ratio':>7s}   (median of interleaved rounds)")
+    print("| tree | gradtx ms | optax.contrib ms | gradtx / optax (median of interleaved rounds) |")
+    print("|---|---:|---:|---:|")
     for i, (name, shapes) in enumerate(trees(args.quick).items()):
         big = i == 0 and not args.quick  # the 4096 x 4096 step takes seconds on a CPU
         rounds = args.rounds or (2 if big else 5)
         row = time_tree(name, shapes, rounds)
         rows.append(row)
-        print(f"{name:32s} {row['gradtx_ms']:10.2f} {row['optax_ms']:10.2f} {row['ratio']:7.3f}", flush=True)
-    print(f"({jax.devices()[0].platform}, ratio = gradtx / optax per round, median; {time.perf_counter() - t0:.0f} s)")
+        print(f"| {name} | {row['gradtx_ms']:.2f} | {row['optax_ms']:.2f} | {row['ratio']:.3f} |", flush=True)
+    print(f"\n({jax.devices()[0].platform}, ratio = gradtx / optax per round, median; {time.perf_counter() - t0:.0f} s)")
     return rows
 
 
