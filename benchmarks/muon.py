@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         row = time_tree(name, shapes, rounds)
         rows.append(row)
         print(f"| {name} | {row['gradtx_ms']:.2f} | {row['optax_ms']:.2f} | {row['ratio']:.3f} |", flush=True)
-    print(f"\n({jax.devices()[0].platform}, ratio = gradtx / optax per round, median; {time.perf_counter() - t0:.0f} s)")
+    elapsed = time.perf_counter() - t0
+    print(f"\n({jax.devices()[0].platform}, ratio = gradtx / optax per round, median; {elapsed:.0f} s)")
     return rows
 
 
