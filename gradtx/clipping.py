@@ -72,7 +72,10 @@ def _unit_axes(shape: tuple) -> Optional[tuple[int, ...]]:
 def _unit_norm(x: jax.Array, axis: Axis) -> jax.Array:
     """``unitwise_norm`` for a leaf whose axes are known to be valid."""
     axes = _unit_axes(jnp.shape(x)) if axis is None else axis
-    return jnp.broadcast_to(leaf_norm(x, axes or None, keepdims=True), jnp.shape(x))
+    # on Explicit mesh axes, laid out as the leaf (a select with the leaf needs one layout)
+    layout = jax.typeof(x).sharding
+    out = layout if layout.mesh.explicit_axes else None
+    return jnp.broadcast_to(leaf_norm(x, axes or None, keepdims=True), jnp.shape(x), out_sharding=out)
 
 
 def _rank_rule(shape: tuple) -> str:

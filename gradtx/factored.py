@@ -23,6 +23,7 @@ from gradtx.combine import chain, renamed
 from gradtx.hyperparams import Decay, Interval, NonNegative, Positive
 from gradtx.moments import scale_by_ema
 from gradtx.numerics import abs_sq, at_least, ema, root_mean_square, rsqrt_or_zero
+from gradtx.sharding import matrix_region
 from gradtx.transform import Field, Transformation, declare, elementwise, primitive
 
 DimSize = Annotated[int, Interval(0.0)]
@@ -231,7 +232,8 @@ def scale_by_cover_accumulators(b2: Decay = 1.0, eps: NonNegative = 1e-8) -> Tra
 
     def leaf(g, mu):
         nu = accumulate(abs_sq(g), _cover_min(jnp.real(mu), jnp.shape(g)))
-        return g * rsqrt_or_zero(nu, eps), _cover_max(nu).astype(mu.dtype)
+        # matrix_region: the axes' maxima, sharded along different mesh axes, are concatenated
+        return g * rsqrt_or_zero(nu, eps), matrix_region(_cover_max)(nu).astype(mu.dtype)
 
     def apply(updates, state, step):
         out, mu = _map_leaves(leaf, 2, updates, state["mu"])

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from gradtx.base import TreeMismatchError
 from gradtx.hyperparams import Decay, Interval, NonNegative
 from gradtx.numerics import safe_increment
+from gradtx.sharding import matrix_region
 from gradtx.transform import Field, Transformation, declare, primitive
 
 __all__ = ["scale_by_kronecker_roots"]
@@ -231,7 +232,10 @@ def scale_by_kronecker_roots(
         new_stats: list = []
         new_roots: list = []
         for g, leaf_stats, leaf_roots in zip(leaves, stats, roots):
-            out, s, r = leaf_step(g, leaf_stats, leaf_roots, refresh) if leaf_stats else (g, (), ())
+            if leaf_stats:  # on Explicit mesh axes, the leaf's matrix math runs on Auto ones
+                out, s, r = matrix_region(leaf_step, like=(0, 1, 2))(g, leaf_stats, leaf_roots, refresh)
+            else:
+                out, s, r = g, (), ()
             outs.append(out)
             new_stats.append(s)
             new_roots.append(r)

@@ -26,6 +26,7 @@ import numpy as np
 
 from gradtx.base import UpdateError
 from gradtx.hyperparams import Integer, NonNegative, OneOf, _fail
+from gradtx.sharding import matrix_region
 from gradtx.transform import Transformation, declare, primitive
 
 __all__ = ["MuonDimensionNumbers", "newton_schulz", "scale_by_shape"]
@@ -325,7 +326,12 @@ def newton_schulz(
         dims = dimension_numbers_of(weight_dimension_numbers, updates)
 
         def leaf(path, u):
-            return orthogonalize(u, ns_coeffs, ns_steps, preconditioning, eps, dims(path), path, eps_floor=eps_floor)
+            def one(u):
+                return orthogonalize(
+                    u, ns_coeffs, ns_steps, preconditioning, eps, dims(path), path, eps_floor=eps_floor
+                )
+
+            return matrix_region(one, like=0)(u)  # on Explicit mesh axes, the products run on Auto ones
 
         return jax.tree_util.tree_map_with_path(leaf, updates), {}
 

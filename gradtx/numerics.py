@@ -92,6 +92,41 @@ def real_dtype(dtype) -> jnp.dtype:
     return jnp.finfo(dtype).dtype if jnp.issubdtype(dtype, jnp.complexfloating) else jnp.dtype(dtype)
 
 
+def state_dtype(leaf_dtype, asked) -> jnp.dtype:
+    """The dtype of a state leaf kept for a leaf of ``leaf_dtype`` when a state dtype
+    argument (``mu_dtype``, ``nu_dtype``, ``accumulator_dtype``, Adafactor's
+    ``dtype_momentum``, ...) asks for ``asked``; ``None`` asks for the leaf's own dtype.
+
+    A real ``asked`` for a complex leaf means the complex dtype of that precision, at least
+    complex64 (no complex bfloat16 or float16 exists): bfloat16, float16, float32 ->
+    complex64, float64 -> complex128. The argument chooses a precision, the leaf whether
+    the state is complex: a first moment cast to a real dtype would silently drop its
+    imaginary part (the momentum of ``g = 1j`` would be 0), and an error would make one
+    ``mu_dtype=jnp.bfloat16`` unusable on a model with a single complex leaf. Any other
+    ``asked`` (a real leaf; a complex dtype) is taken as it is. The ``|g|^2`` statistics
+    (``nu``, ``sum_of_squares``) are real for every leaf and take ``real_dtype(asked)``.
+    Every params-shaped state field with a dtype argument is made here (``gradtx._tree``'s
+    ``zeros_like`` and ``cast``)."""
+    if asked is None:
+        return jnp.dtype(leaf_dtype)
+    asked = jnp.dtype(asked)
+    if jnp.issubdtype(leaf_dtype, jnp.complexfloating) and not jnp.issubdtype(asked, jnp.complexfloating):
+        return jnp.promote_types(asked, jnp.complex64)
+    return asked
+
+
+def range_safe_dtype(dtype) -> jnp.dtype:
+    """``dtype``, except float32 for float16: the dtype in which to keep a statistic of
+    ``|g|^2`` that gradtx keeps on its own (GaLore's inner optimizer on its low-rank images).
+
+    float16's smallest normal number is 2^-14 ~ 6.1e-5 and its smallest subnormal 6e-8:
+    ``(1 - b2) |g|^2`` with ``b2 = 0.999`` underflows to 0 for ``|g| < 8e-3``, and the step
+    ``m / (sqrt(0) + eps)`` is then ``m / 6.1e-5`` (``plus_eps``) instead of about 1.
+    bfloat16 has float32's exponent range, and the other dtypes are kept."""
+    dtype = jnp.dtype(dtype)
+    return jnp.dtype(jnp.float32) if dtype == jnp.float16 else dtype
+
+
 def root_mean_square(x: jax.Array) -> jax.Array:
     """``sqrt(mean(|x|^2))`` over the whole array: a block's RMS (Adafactor's update
     clipping and parameter scale)."""
@@ -120,7 +155,12 @@ def tree_vdot(a, b) -> jax.Array:
 
 def _leaf_vdot(x: jax.Array, y: jax.Array) -> jax.Array:
     x = jnp.conj(x) if jnp.iscomplexobj(x) else x
-    return jnp.tensordot(x, y, x.ndim, precision=jax.lax.Precision.HIGHEST)
+    # on Explicit mesh axes a contraction over sharded dimensions must name its result's
+    # layout: a replicated scalar (the partial sums all-reduced); elsewhere nothing changes
+    mesh = jax.typeof(x).sharding.mesh
+    mesh = mesh if mesh.explicit_axes else jax.typeof(y).sharding.mesh
+    out = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()) if mesh.explicit_axes else None
+    return jnp.tensordot(x, y, x.ndim, precision=jax.lax.Precision.HIGHEST, out_sharding=out)
 
 
 def tree_add_scale(a, scalar, b):

@@ -81,8 +81,15 @@ def two_loop(updates, s_memory, y_memory, rhos, gamma, oldest: jax.Array):
 
 
 def _remember(memory, slot, pair):
-    """``memory[slot] = pair`` on each stacked leaf."""
-    return jax.tree.map(lambda m, x: m.at[slot].set(x), memory, pair)
+    """``memory[slot] = pair`` on each stacked leaf, laid out as the memory (on Explicit mesh
+    axes the memory is replicated, ``state_sharding``'s rule, while the pair is sharded like
+    the params: the write says where its result lives)."""
+
+    def one(m, x):
+        layout = jax.typeof(m).sharding
+        return m.at[slot].set(x, out_sharding=layout if layout.mesh.explicit_axes else None)
+
+    return jax.tree.map(one, memory, pair)
 
 
 @declare

@@ -28,8 +28,9 @@ device, and ``out_shardings`` must be written by hand with ``optax.tree_map_para
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
-from typing import Any, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 import jax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec, Sharding, SingleDeviceSharding
@@ -40,6 +41,8 @@ from gradtx.transform import Field, Step, Transformation, declare, primitive, up
 from gradtx.wrappers import Inner
 
 __all__ = ["fsdp_sharding", "sharded_init", "state_sharding", "zero1"]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 # --- matching state leaves to params --------------------------------------------------------
@@ -210,6 +213,87 @@ def _check_matches(shardings: Any, state: Any) -> None:
     wrong = [p for p in want if not isinstance(got[p], Sharding)]
     if wrong:
         raise TypeError(f"{where}: the leaf at path {wrong[0]} is a {type(got[wrong[0]]).__name__}, not a Sharding")
+
+
+# --- matrix math on Explicit mesh axes ---------------------------------------------------------
+
+
+def _region_spec(shape: tuple[int, ...], inputs: list[tuple[tuple[int, ...], Any]]) -> PartitionSpec:
+    """The spec of a region's output of ``shape``: the axes of the first input that it keeps
+    dimensions of (the same shape: its spec; fewer dimensions: ``_kept_axes``, as
+    ``state_sharding`` places a statistic), else replicated."""
+    for in_shape, sharding in inputs:
+        if shape == in_shape:
+            return sharding.spec
+        if not shape or not isinstance(sharding, NamedSharding):
+            continue
+        axes = _kept_axes(shape, _Placed(in_shape, sharding))
+        if axes is not None and any(a is not None for a in axes):
+            return PartitionSpec(*axes)
+    return PartitionSpec()
+
+
+def matrix_region(fn: F, *, like: Any = None) -> F:
+    """``fn`` run with the context mesh's ``Explicit`` axes switched to ``Auto``: for per-leaf
+    matrix math (products over a sharded dimension, ``eigh``, ``qr``, SVD, concatenations of
+    sharded blocks) that has no ``out_sharding`` to give on ``Explicit`` axes.
+
+    On ``Explicit`` axes (inside ``jax.set_mesh`` of such a mesh) such an op is a
+    ``ShardingTypeError`` unless the caller says how its result is laid out. Inside the
+    region the axes are ``Auto`` (``jax.sharding.auto_axes``, as ``zero1`` runs its inner
+    transformation): XLA partitions the math as it does on ``Auto`` axes, so the numbers are
+    those of the ``Auto`` mesh. Each output leaf leaves the region laid out like an input:
+
+    - ``like``: a prefix of ``fn``'s outputs whose leaves are positions of ``fn``'s arguments:
+      that output subtree takes the layout of that argument, leaf by leaf (the same tree).
+      ``like=(0, 2)`` for ``fn(g, m, stats) -> (update, new_stats)``: the update like ``g``,
+      the statistics like ``stats``.
+    - Without ``like``, by shape: an output shaped like an input leaf (arguments and their
+      leaves in order; the first that matches) takes that input's ``PartitionSpec``; one that
+      keeps some of an input's dimensions takes their axes (``state_sharding``'s rule for
+      statistics: the ``(16,)`` column norms of a ``(8, 16)`` leaf on ``("data", "model")``
+      are on ``"model"``); every other output (a factor matrix, a scalar) is replicated,
+      ``P()``. A square leaf's own factors are shaped like it: give ``like`` there.
+
+    Anywhere else (no mesh set, a mesh with no ``Explicit`` axis: ``Auto`` axes, one device)
+    it is ``fn`` itself, so single-device numbers do not change. Pass the arrays positionally
+    (closed-over scalars, such as a step count, are fine); ``fn`` returns a pytree of arrays.
+    Use it on one leaf's computation, where the layout of the result is the leaf's::
+
+        def leaf_step(g, stats):  # g: (m, n) sharded on ("data", "model"); stats: (m, m) replicated
+            stats = stats + g @ g.T
+            return jnp.linalg.eigh(stats)[1].T @ g, stats
+
+        update, stats = matrix_region(leaf_step, like=(0, 1))(g, stats)
+    """
+
+    @functools.wraps(fn)
+    def run(*args: Any) -> Any:
+        mesh = jax.sharding.get_abstract_mesh()
+        if mesh.empty or not mesh.explicit_axes:
+            return fn(*args)
+        axes = tuple(mesh.explicit_axes)
+        spec_of = lambda x: jax.typeof(x).sharding.spec  # noqa: E731
+        # the outputs' shapes first (tracing ``fn`` on Auto axes, where it is well typed)
+        shapes = jax.eval_shape(jax.sharding.auto_axes(fn, axes=axes, out_sharding=PartitionSpec()), *args)
+        if like is None:
+            inputs = [(tuple(x.shape), jax.typeof(x).sharding) for x in jax.tree.leaves(args)]
+            specs = jax.tree.map(lambda o: _region_spec(tuple(o.shape), inputs), shapes)
+        else:
+
+            def like_argument(i: int, out: Any) -> Any:
+                trees: list[Any] = [jax.tree.structure(out), jax.tree.structure(args[i])]  # (no stubs for PyTreeDef)
+                if trees[0] != trees[1]:
+                    raise TypeError(
+                        f"gradtx.matrix_region(like=...): an output is laid out like argument {i}, "
+                        f"but its tree {trees[0]} is not the argument's {trees[1]}"
+                    )
+                return jax.tree.map(spec_of, args[i])
+
+            specs = jax.tree.map(like_argument, like, shapes)
+        return jax.sharding.auto_axes(fn, axes=axes, out_sharding=specs)(*args)
+
+    return run  # type: ignore[return-value]
 
 
 # --- the data-parallel rule: ZeRO-1 and FSDP ------------------------------------------------

@@ -247,6 +247,53 @@ def test_reference_qr_rounds_float64_to_float32():
         assert_close(displacement(got, "mlp"), displacement(as_published, "mlp"), 1e-10)
 
 
+def _second_step_change(run: Callable[[list], np.ndarray]) -> float:
+    """How far one ulp more in one entry of the first gradient moves SOAP's second step (its
+    first real one), as a fraction of that step (max norm): float32, an (8, 16) leaf."""
+    rng = np.random.default_rng(0)
+    grads = [(0.3 + rng.normal(size=(8, 16))).astype(np.float32) for _ in range(2)]
+    nudged = [g.copy() for g in grads]
+    nudged[0][0, 0] = np.nextafter(nudged[0][0, 0], np.float32(np.inf))
+    step, other = run(grads), run(nudged)
+    return float(np.abs(step - other).max() / np.abs(step).max())
+
+
+def _soap_second_step(kw: dict, torch_reference: bool) -> Callable[[list], np.ndarray]:
+    """SOAP's displacement after two steps from ``W = 0`` (float32; gradtx or the reference)."""
+
+    def run(grads: list) -> np.ndarray:
+        if torch_reference:
+            p = torch.zeros((8, 16), dtype=torch.float32)
+            opt = torch_soap(learning_rate=0.1, weight_decay=0.0, **kw)([p])
+            for g in grads:
+                p.grad = torch.tensor(g)
+                opt.step()
+            return p.detach().numpy()
+        tx, w = gradtx.soap(0.1, weight_decay=0.0, **kw), jnp.zeros((8, 16))
+        state = tx.init(w)
+        for g in grads:
+            u, state = tx.update(jnp.asarray(g), state, w)
+            w = w + u
+        return np.asarray(w)
+
+    return run
+
+
+@pytest.mark.parametrize("torch_reference", [False, True], ids=["gradtx", "pytorch_optimizer"])
+def test_rank_deficient_first_factor_is_fixed_by_rounding(torch_reference):
+    """Why SOAP's sharded steps differ from one device on an ``(8, 16)`` leaf (issue 14,
+    ``tests/sharding_worker.py``), on one device. Reference: ``pytorch_optimizer``'s SOAP,
+    which behaves alike. The first eigenbasis comes from one gradient: its ``(16, 16)``
+    factor ``G^T G`` has rank 8, the eigenvectors of the 8-fold 0 eigenvalue are any basis
+    of ``G``'s null space, and rounding picks one: one ulp more in one entry of the first
+    gradient (float32) moves the second step by more than 10% of its size (0.58 in gradtx,
+    0.60 in the reference). With the factor of the 8-axis only (``max_precondition_dim=8``:
+    rank 8 of 8, eigenvectors unique up to the signs SOAP does not see) by less than 1e-4
+    (2e-6 in both: float32 eigenvectors, good to ~eps / eigengap)."""
+    assert _second_step_change(_soap_second_step({}, torch_reference)) > 0.1
+    assert _second_step_change(_soap_second_step(dict(max_precondition_dim=8), torch_reference)) < 1e-4
+
+
 # --- closed forms ---------------------------------------------------------------------------
 
 
