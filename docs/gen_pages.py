@@ -505,7 +505,7 @@ def optimizer_facts(e: Entry) -> str:
         items.append(f"tested against: {e.reference}")
     items += [f"no `{f}` (optax keeps one): {why}" for f, why in e.absent.items()]
     items += [f"`{g}` is optax's `{o}`" for g, o in e.renames.items()]
-    items += [f"`{arg}` sets the dtype of `{f}`" for arg, f in e.dtypes.items()]
+    items += [f"`{arg}` sets the dtype of {', '.join(f'`{f}`' for f in fs)}" for arg, fs in e.dtype_fields.items()]
     return f'!!! abstract "{e.name}: state and optax twin"\n' + "\n".join(f"    - {i}" for i in items)
 
 

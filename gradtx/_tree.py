@@ -7,11 +7,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from gradtx.numerics import real_dtype
+from gradtx.numerics import real_dtype, state_dtype
 
 
 def zeros_like(tree: Any, dtype=None) -> Any:
-    return jax.tree.map(lambda x: jnp.zeros_like(x, dtype=dtype), tree)
+    """Zeros shaped like each leaf, in ``numerics.state_dtype(leaf's dtype, dtype)`` (the
+    leaf's own for ``dtype=None``; a real ``dtype`` keeps a complex leaf complex)."""
+    if dtype is None:
+        return jax.tree.map(jnp.zeros_like, tree)
+    return jax.tree.map(lambda x: jnp.zeros_like(x, dtype=state_dtype(jnp.result_type(x), dtype)), tree)
 
 
 def real_full_like(tree: Any, value: jax.typing.ArrayLike = 0.0) -> Any:
@@ -22,10 +26,11 @@ def real_full_like(tree: Any, value: jax.typing.ArrayLike = 0.0) -> Any:
 
 
 def cast(tree: Any, dtype) -> Any:
-    """Cast every leaf to ``dtype``; ``dtype=None`` leaves the tree as it is."""
+    """Cast every leaf to ``numerics.state_dtype(leaf's dtype, dtype)`` (a real ``dtype``
+    keeps a complex leaf complex); ``dtype=None`` leaves the tree as it is."""
     if dtype is None:
         return tree
-    return jax.tree.map(lambda x: x.astype(dtype), tree)
+    return jax.tree.map(lambda x: x.astype(state_dtype(x.dtype, dtype)), tree)
 
 
 def cast_like(tree: Any, like: Any) -> Any:

@@ -16,6 +16,7 @@ Leaves that are not matrices pass through the inner optimizer whole.
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Annotated, Any, Callable, NamedTuple, Optional, Sequence, Union
 
 import jax
@@ -23,7 +24,9 @@ import jax.numpy as jnp
 
 from gradtx.combine import chain
 from gradtx.hyperparams import LearningRate, NonNegativeOrSchedule, Real
+from gradtx.numerics import range_safe_dtype
 from gradtx.scaling import MaskOrFn, add_decayed_weights, scale_by_learning_rate
+from gradtx.sharding import matrix_region
 from gradtx.transform import Field, Step, Transformation, declare, primitive, stage_of
 from gradtx.utilities import scale_by_adam
 from gradtx.wrappers import Inner, _Integer
@@ -47,10 +50,6 @@ DimNums = Optional[Union[GaLoreDimensionNumbers, Any, Callable[[Any], Any]]]
 such a tree``."""
 Rank = Annotated[int, _Integer(1)]
 """An integer >= 1 (a rank, a number of steps)."""
-
-
-def _is_none(x: Any) -> bool:
-    return x is None
 
 
 def _is_dim_nums_leaf(x: Any) -> bool:
@@ -106,21 +105,33 @@ def _matrix(path: str, shape: tuple, dims: GaLoreDimensionNumbers) -> _Matrix:
 def _matrices(dim_nums: DimNums, tree: Any) -> list[Optional[_Matrix]]:
     """Each leaf's ``_Matrix`` (``None`` where it is not projected), in leaf order."""
     leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(tree)
-    dims = jax.tree.leaves(_resolve_checked(dim_nums, tree, treedef), is_leaf=_is_dim_nums_leaf)
+    dims = _resolve_checked(dim_nums, tree, treedef)
     return [
         None if d is None else _matrix(jax.tree_util.keystr(path) or "<root>", jnp.shape(x), d)
         for (path, x), d in zip(leaves_with_path, dims)
     ]
 
 
-def _resolve_checked(dim_nums: DimNums, tree: Any, treedef: Any) -> Any:
+def _leaves_up_to(treedef: Any, tree: Any) -> list:
+    """``tree``'s subtrees at the leaves of ``treedef`` (``None`` included), in leaf order."""
+    return treedef.flatten_up_to(tree)
+
+
+def _resolve_checked(dim_nums: DimNums, tree: Any, treedef: Any) -> list:
+    """The dimension numbers of ``tree``'s leaves, in leaf order: ``treedef`` (the params',
+    where a ``None`` param is an empty node) flattens the resolved tree up to its leaves, so
+    that a ``None`` param and a ``None`` (not projected) beside it are told apart."""
     resolved = _resolve(dim_nums, tree)
-    if jax.tree.structure(resolved, is_leaf=_is_dim_nums_leaf) != treedef:
+    try:
+        dims = _leaves_up_to(treedef, resolved)
+    except (ValueError, TypeError):
+        dims = None
+    if dims is None or not all(map(_is_dim_nums_leaf, dims)):
         raise ValueError(
             "gradtx.scale_by_galore: weight_dimension_numbers must have the params' tree structure "
             f"(a GaLoreDimensionNumbers or None per leaf), got {resolved!r}"
         )
-    return resolved
+    return dims
 
 
 def galore_projector(matrix: jax.Array, rank: int, left: bool) -> jax.Array:
@@ -142,11 +153,29 @@ def _projector(x: jax.Array, mat: Optional[_Matrix], rank: int) -> Optional[jax.
 
 
 def _proxy(x: jax.Array, mat: Optional[_Matrix], rank: int) -> jax.Array:
-    """Zeros shaped like the leaf's low-rank image (the inner optimizer's params)."""
+    """Zeros shaped like the leaf's low-rank image (the inner optimizer's params), in the
+    dtype the inner optimizer runs in (``range_safe_dtype``: float32 for a float16 leaf)."""
+    dtype = range_safe_dtype(jnp.result_type(x))
     if mat is None:
-        return jnp.zeros_like(x)
+        return jnp.zeros_like(x, dtype=dtype)
     r = min(rank, mat.m, mat.n)
-    return jnp.zeros((r, mat.n) if mat.left else (mat.m, r), x.dtype)
+    return jnp.zeros((r, mat.n) if mat.left else (mat.m, r), dtype)
+
+
+def _image(mat: _Matrix, g: jax.Array, p: jax.Array) -> jax.Array:
+    """``P^H G`` (``m >= n``) or ``G P``: the leaf's low-rank image, in the dtype the inner
+    optimizer runs in (``range_safe_dtype``: float32 for a float16 leaf)."""
+    wide = range_safe_dtype(g.dtype)
+    g2, pw = mat.to_matrix(g).astype(wide), p.astype(wide)
+    return pw.conj().T @ g2 if mat.left else g2 @ pw
+
+
+def _back(mat: _Matrix, r: jax.Array, p: jax.Array, g: jax.Array, scale: Any) -> jax.Array:
+    """``scale * P R'`` (``m >= n``) or ``scale * R' P^H``, the inner step ``r`` projected back,
+    in the leaf's shape and its gradient ``g``'s dtype."""
+    pw = p.astype(range_safe_dtype(g.dtype))
+    back = mat.from_matrix(pw @ r if mat.left else r @ pw.conj().T)
+    return (scale * back).astype(g.dtype)
 
 
 @declare
@@ -170,7 +199,9 @@ def scale_by_galore(
     corrections). optax keeps the inner state whole in ``base_optimizer_state``; an optax
     inner is kept whole here too, in one field named after its factory. ``projector`` is
     ``None`` at a leaf that is not projected (optax's is a ``(0, 0)`` array, which orbax
-    cannot save); elsewhere it is optax's.
+    cannot save); elsewhere it is optax's. On a float16 leaf the inner optimizer runs in
+    float32, its state float32 (``gradtx.numerics.range_safe_dtype``: in float16 Adam's
+    ``(1 - b2) g^2`` underflows); the projector and the step keep the leaf's dtype.
 
     >>> import jax.numpy as jnp, gradtx
     >>> tx = gradtx.scale_by_galore(rank=1, base_optimizer=gradtx.identity())
@@ -197,24 +228,31 @@ def scale_by_galore(
         leaves, treedef = jax.tree.flatten(updates)
         refresh = step.count % update_proj_gap == 0
         projectors, low = [], []
-        for g, mat, p in zip(leaves, mats, jax.tree.leaves(state["projector"], is_leaf=_is_none)):
+        # The projector tree has the updates' nodes (a None param too) and None at the
+        # leaves not projected: flattened up to the updates' leaves. Each leaf's matrix math
+        # runs in a ``matrix_region`` (on Explicit mesh axes, the SVD and the products over
+        # a sharded dimension as on Auto axes), traced values passed in as arguments.
+        for g, mat, p in zip(leaves, mats, _leaves_up_to(treedef, state["projector"])):
             if mat is None:
                 projectors.append(p)
-                low.append(g)
+                low.append(g.astype(range_safe_dtype(g.dtype)))
                 continue
-            g2 = mat.to_matrix(g)
-            p = jax.lax.cond(refresh, lambda g2=g2, left=mat.left: galore_projector(g2, rank, left), lambda p=p: p)
+
+            def refreshed(g, p, refresh, mat=mat):
+                g2 = mat.to_matrix(g)
+                return jax.lax.cond(refresh, lambda: galore_projector(g2, rank, mat.left), lambda: p)
+
+            p = matrix_region(refreshed, like=1)(g, p, refresh)
             projectors.append(p)
-            low.append(p.conj().T @ g2 if mat.left else g2 @ p)
+            low.append(matrix_region(partial(_image, mat))(g, p))
         inner_state = {k.name: state[k.name] for k in inner.fields}
         out, new = inner.apply(jax.tree.unflatten(treedef, low), inner_state, Step(None, step.count, step.extra))
         full = []
         for r, mat, p, g in zip(jax.tree.leaves(out), mats, projectors, leaves):
             if mat is None:
-                full.append(r)
+                full.append(r.astype(g.dtype))
                 continue
-            back = mat.from_matrix(p @ r if mat.left else r @ p.conj().T)
-            full.append((scale * back).astype(g.dtype))
+            full.append(matrix_region(partial(_back, mat), like=2)(r, p, g, scale))
         new["projector"] = jax.tree.unflatten(treedef, projectors)
         return jax.tree.unflatten(treedef, full), new
 

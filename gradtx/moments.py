@@ -131,17 +131,25 @@ def nesterov_trace(decay: Decay, accumulator_dtype: AccumulatorDtype = None) -> 
 
 
 @declare
-def running_max() -> Transformation:
+def running_max(*, accumulator_dtype: AccumulatorDtype = None) -> Transformation:
     """``nu_max = max(nu_max, u) ; u -> nu_max`` (AMSGrad's non-increasing denominator).
+
+    ``accumulator_dtype`` (gradtx's, keyword-only) is the dtype of ``nu_max`` in the state
+    (a complex dtype means its real counterpart); the output keeps the input's dtype.
 
     State: ``nu_max``.
     """
 
     def apply(updates, state, step):
-        nu_max = jax.tree.map(jnp.maximum, state["nu_max"], updates)
-        return nu_max, {"nu_max": nu_max}
+        nu_max = jax.tree.map(lambda m, u: jnp.maximum(m, u).astype(m.dtype), state["nu_max"], updates)
+        return _tree.cast_like(nu_max, updates), {"nu_max": nu_max}
 
-    return primitive(apply, {"nu_max": _tree.real_full_like})
+    nu_max_dtype = None if accumulator_dtype is None else real_dtype(accumulator_dtype)
+
+    def init(params):
+        return _tree.cast(_tree.real_full_like(params), nu_max_dtype)
+
+    return primitive(apply, {"nu_max": init})
 
 
 @declare

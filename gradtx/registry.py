@@ -8,7 +8,8 @@ arguments (each run through both libraries for 200 steps), the state fields of t
 first grid point (``state``: the checkpoint format), the fields optax keeps that gradtx
 does not (``absent``, each with its reason), the renames between the two
 (``renames``: gradtx field -> optax field), the dtype arguments and the fields they
-set (``dtypes``), and bad arguments with the error they must raise (``bad``).
+set (``dtypes``: one field, or a tuple of fields where one argument sets several), and
+bad arguments with the error they must raise (``bad``).
 
 The core table is below; the families added since keep their rows in
 ``gradtx/rows/<family>.py`` (``ROWS``), appended in the order of ``rows.FAMILIES``.
@@ -153,6 +154,7 @@ OPTIMIZERS = [
             dict(learning_rate=S, eps=1e-4),
         ],
         state=("e_g", "e_x"),
+        dtypes={"accumulator_dtype": ("e_g", "e_x")},
         bad=(_bad(rho=-0.5, message="rho must be in [0, 1]"), _bad(eps=-1e-6, message="eps must be >= 0")),
     ),
     _optimizer(
@@ -204,7 +206,7 @@ OPTIMIZERS = [
             dict(learning_rate=1e-2, eps=1e-3, eps_root=1e-4, bias_correction_mu=False, bias_correction_nu=False),
         ],
         state=("count", "mu", "nu", "nu_max"),
-        dtypes={"mu_dtype": "mu"},
+        dtypes={"mu_dtype": "mu", "nu_dtype": ("nu", "nu_max")},
         absent={"count": "without bias correction nothing reads a step count, and gradtx keeps none"},
         bad=(_bad(learning_rate=1e-3, b2=1.5, message="b2 must be in [0, 1)"),),
     ),
@@ -235,6 +237,7 @@ PRIMITIVES = [
         [dict(decay=0.9), dict(decay=0.9, accumulator_dtype=BF16)],
         ("trace",),
         optax="trace",
+        dtypes={"accumulator_dtype": "trace"},
         bad=(_bad(decay=-0.9, message="decay must be in [0, 1]"),),
     ),
     _primitive(
@@ -244,6 +247,7 @@ PRIMITIVES = [
         ("trace",),
         optax="trace",
         optax_extra={"nesterov": True},
+        dtypes={"accumulator_dtype": "trace"},
         bad=(_bad(decay=1.01, message="decay must be in [0, 1]"),),
     ),
     _primitive(
@@ -254,6 +258,7 @@ PRIMITIVES = [
         optax="ema",
         optax_extra={"debias": False},
         renames={"mu": "ema"},
+        dtypes={"accumulator_dtype": "mu"},
         absent={"count": "optax.ema counts steps even when it does not debias"},
         bad=(
             _bad(decay=np.array([0.5, 1.5]), message="decay must be in [0, 1]"),
@@ -281,9 +286,23 @@ PRIMITIVES = [
             _bad(decay=0.9, step_offset=2, message="step_offset must be one of 0, 1"),
         ),
     ),
-    _primitive("running_max", _MOMENTS, [{}], ("nu_max",), reference="amsgrad against optax"),
+    _primitive(
+        "running_max",
+        _MOMENTS,
+        [{}],
+        ("nu_max",),
+        reference="amsgrad against optax",
+        dtypes={"accumulator_dtype": "nu_max"},
+    ),
     _primitive("infinity_norm", _MOMENTS, [dict(decay=0.95, eps=1e-3)], ("nu",), reference="adamax against optax"),
-    _primitive("interpolated_ema", _MOMENTS, [dict(b1=0.8, b2=0.95)], ("mu",), reference="lion against optax"),
+    _primitive(
+        "interpolated_ema",
+        _MOMENTS,
+        [dict(b1=0.8, b2=0.95)],
+        ("mu",),
+        reference="lion against optax",
+        dtypes={"accumulator_dtype": "mu"},
+    ),
     _primitive(
         "adam_direction",
         _MOMENTS,
@@ -338,8 +357,16 @@ PRIMITIVES = [
         [dict(decay=0.8, eps=1e-4)],
         ("e_x",),
         reference="scale_by_adadelta against optax",
+        dtypes={"accumulator_dtype": "e_x"},
     ),
-    _primitive("scale_by_adadelta", _SCALING, [dict(rho=0.8, eps=1e-4)], ("e_g", "e_x"), optax="scale_by_adadelta"),
+    _primitive(
+        "scale_by_adadelta",
+        _SCALING,
+        [dict(rho=0.8, eps=1e-4)],
+        ("e_g", "e_x"),
+        optax="scale_by_adadelta",
+        dtypes={"accumulator_dtype": ("e_g", "e_x")},
+    ),
     _primitive("scale_by_sign", _SCALING, [{}], optax="scale_by_sign"),
     _primitive(
         "add_decayed_weights",

@@ -168,31 +168,47 @@ def scale_by_sum_of_squares(
 
 
 @declare
-def scale_by_update_rms(decay: Decay = 0.9, eps: NonNegative = 1e-6) -> Transformation:
+def scale_by_update_rms(
+    decay: Decay = 0.9, eps: NonNegative = 1e-6, *, accumulator_dtype: AccumulatorDtype = None
+) -> Transformation:
     """``d = sqrt(e_x + eps) * u ; e_x = decay * e_x + (1 - decay) * |d|^2 ; u -> d``.
 
     Rescales by the RMS of its own past outputs: Adadelta's second stage, which gives the
     update the units of the parameters (Zeiler 2012). A positive ``eps`` is at least the
-    dtype's smallest normal number (``gradtx.numerics.plus_eps``). State: ``e_x``.
+    dtype's smallest normal number (``gradtx.numerics.plus_eps``). ``accumulator_dtype``
+    (gradtx's, keyword-only) is the dtype of ``e_x`` in the state (a complex dtype means its
+    real counterpart); the output keeps the input's dtype. State: ``e_x``.
     """
 
     def apply(updates, state, step):
-        deltas = jax.tree.map(lambda u, x: jnp.sqrt(plus_eps(x, eps)).astype(u.dtype) * u, updates, state["e_x"])
+        # d at the precision of u and e_x together (e_x's float32 for bfloat16 updates): the
+        # average is of |d|^2 before d is rounded to the updates' dtype
+        deltas = jax.tree.map(lambda u, x: jnp.sqrt(plus_eps(x, eps)) * u, updates, state["e_x"])
         e_x = jax.tree.map(lambda d, x: ema(abs_sq(d), x, decay).astype(x.dtype), deltas, state["e_x"])
-        return deltas, {"e_x": e_x}
+        return _tree.cast_like(deltas, updates), {"e_x": e_x}
 
-    return primitive(apply, {"e_x": _tree.real_full_like})
+    e_x_dtype = None if accumulator_dtype is None else real_dtype(accumulator_dtype)
+
+    def init(params):
+        return _tree.cast(_tree.real_full_like(params), e_x_dtype)
+
+    return primitive(apply, {"e_x": init})
 
 
 @declare
-def scale_by_adadelta(rho: Decay = 0.9, eps: NonNegative = 1e-6) -> Transformation:
+def scale_by_adadelta(
+    rho: Decay = 0.9, eps: NonNegative = 1e-6, *, accumulator_dtype: AccumulatorDtype = None
+) -> Transformation:
     """``u -> sqrt(e_x + eps) / sqrt(e_g + eps) * u`` with ``e_g = ema(|u|^2)`` and
     ``e_x`` the average of past outputs: ``scale_by_rms(rho, eps) -> scale_by_update_rms(rho, eps)``.
 
-    State: ``e_g, e_x`` (optax's names; ``e_g`` is ``scale_by_rms``'s ``nu``).
+    ``accumulator_dtype`` (gradtx's, keyword-only; optax has none) is the dtype of both
+    ``e_g`` and ``e_x`` in the state (float32 for bfloat16 params); the output keeps the
+    input's dtype. State: ``e_g, e_x`` (optax's names; ``e_g`` is ``scale_by_rms``'s ``nu``).
     """
     return chain(
-        renamed(scale_by_rms(decay=rho, eps=eps, eps_in_sqrt=True), nu="e_g"), scale_by_update_rms(decay=rho, eps=eps)
+        renamed(scale_by_rms(decay=rho, eps=eps, eps_in_sqrt=True, nu_dtype=accumulator_dtype), nu="e_g"),
+        scale_by_update_rms(decay=rho, eps=eps, accumulator_dtype=accumulator_dtype),
     )
 
 

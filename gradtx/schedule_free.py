@@ -131,7 +131,7 @@ def schedule_free_interpolation(
         return Field(lambda params: jnp.asarray(value, _scalar_dtype(params)), like_params=False)
 
     def init_z(params):
-        return jax.tree.map(lambda p: jnp.array(p, dtype=state_dtype, copy=True), params)
+        return _tree.cast(jax.tree.map(lambda p: jnp.array(p, copy=True), params), state_dtype)
 
     return primitive(
         apply,

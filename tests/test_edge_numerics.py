@@ -166,6 +166,12 @@ MOMENT_DTYPES: dict[str, tuple[Callable[[Any], Any], tuple[str, ...]]] = {
     "adam": (lambda d: gradtx.adam(1e-2, mu_dtype=d, nu_dtype=d), ("mu", "nu")),
     "rmsprop": (lambda d: gradtx.rmsprop(1e-2, nu_dtype=d), ("nu",)),
     "adagrad": (lambda d: gradtx.adagrad(1e-2, accumulator_dtype=d), ("sum_of_squares",)),
+    "amsgrad": (lambda d: gradtx.amsgrad(1e-2, mu_dtype=d, nu_dtype=d), ("mu", "nu", "nu_max")),
+    # rho = 0.99: e_x averages the squares of Adadelta's own outputs, which are bfloat16 (each
+    # rounded to 2^-9); at the default rho = 0.9 an average over ~10 steps keeps those
+    # roundings (float32 state 1.6e-2 off the float32 run, the bfloat16 mutant 7e-2), at
+    # 0.99 they average out (6e-3) while the bfloat16 mutant's increments round away (0.35)
+    "adadelta": (lambda d: gradtx.adadelta(rho=0.99, accumulator_dtype=d), ("e_g", "e_x")),
 }
 N_LONG = 1000
 MOMENT_RTOL = 1e-2
@@ -219,6 +225,10 @@ TRAIN = {  # a learning rate that converges on the quadratic below in 1,000 step
     "adam": lambda d: gradtx.adam(gradtx.cosine_decay_schedule(0.1, N_LONG), mu_dtype=d, nu_dtype=d),
     "rmsprop": lambda d: gradtx.rmsprop(gradtx.cosine_decay_schedule(0.1, N_LONG), nu_dtype=d),
     "adagrad": lambda d: gradtx.adagrad(1.0, accumulator_dtype=d),
+    # 0.3: AMSGrad's denominator keeps its early maximum, and from 0.1 its last steps fall
+    # below half a bfloat16 ulp of the params (1.6e-2 short, whatever the state's dtype)
+    "amsgrad": lambda d: gradtx.amsgrad(gradtx.cosine_decay_schedule(0.3, N_LONG), mu_dtype=d, nu_dtype=d),
+    "adadelta": lambda d: gradtx.adadelta(1.0, rho=0.99, eps=1e-4, accumulator_dtype=d),
 }
 
 
@@ -249,6 +259,85 @@ def test_bfloat16_params_with_float32_moments_train_like_float32(name):
     assert got.dtype == BF16
     assert {x.dtype for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.floating)} == {jnp.dtype(F32)}
     assert np.max(np.abs(f64(got) - f64(want))) <= 1e-2
+
+
+# --- 2b. a real state dtype on complex params -----------------------------------------------
+
+C64 = jnp.complex64
+# every registry optimizer's dtype argument (the row's ``dtypes``) and the fields it sets
+STATE_DTYPE_ARGS = [
+    pytest.param(e, arg, fields, id=f"{e.name}-{arg}")
+    for e in of_kind("optimizer")
+    if e.grid and not e.needs_objective
+    for arg, fields in e.dtype_fields.items()
+]
+SECOND_MOMENT_FIELDS = {"nu", "nu_max", "sum_of_squares", "e_g", "e_x"}  # |g|^2 statistics: real
+
+
+def _complex_problem(n_steps: int = 3):
+    """complex64 params and ``n_steps`` gradients N(0.3, 1) + i N(0, 1), stacked."""
+    rng = np.random.default_rng(7)
+    cplx = lambda shape, mean=0.0: mean + rng.normal(size=shape) + 1j * rng.normal(size=shape)  # noqa: E731
+    params = {k: jnp.asarray(cplx(p.shape), C64) for k, p in F16_PARAMS.items()}
+    grads = {k: jnp.asarray(cplx((n_steps, *p.shape), 0.3), C64) for k, p in F16_PARAMS.items()}
+    return params, grads
+
+
+def _with_fields(entry, arg: str, fields: tuple, params) -> dict:
+    """The first grid point (less ``arg``) whose state has the fields ``arg`` sets (momentum on)."""
+    for kwargs in entry.grid:
+        kwargs = {k: v for k, v in kwargs.items() if k != arg}
+        if set(fields) <= set(jax.eval_shape(entry.obj(**kwargs).init, params)._fields):
+            return kwargs
+    raise AssertionError(f"{entry.name}: no grid point keeps {fields}")
+
+
+@pytest.mark.parametrize("entry, arg, fields", STATE_DTYPE_ARGS)
+def test_a_real_state_dtype_on_complex_params_keeps_the_imaginary_part(entry, arg, fields):
+    """Reference: the same optimizer without the dtype argument on the same complex64 params
+    (complex64 first moments, float32 ``|g|^2`` statistics), 3 jitted steps. A real dtype
+    asked for a complex leaf's first moment means the complex dtype of that precision
+    (``gradtx.numerics.state_dtype``): with ``float32`` and ``bfloat16`` the first moments
+    are complex64 (no complex bfloat16 exists) and the ``|g|^2`` statistics the real dtype
+    asked for; with ``float32`` the updates are bit for bit the reference's, with
+    ``bfloat16`` too where the argument sets only first moments, else within 2^-5 of the
+    step's largest (bfloat16 statistics). Before the fix the cast to the real dtype dropped
+    the imaginary part of the momentum silently (``test_optax_drops_...``: optax does)."""
+    params, grads = _complex_problem()
+    kwargs = _with_fields(entry, arg, fields, params)
+    _, _, want, _ = scan_run(entry.obj(**kwargs), params, grads)
+    for dtype in (F32, BF16):
+        _, state, got, _ = scan_run(entry.obj(**kwargs, **{arg: dtype}), params, grads)
+        for field in fields:
+            expected = jnp.dtype(dtype) if field in SECOND_MOMENT_FIELDS else jnp.dtype(C64)
+            assert {x.dtype for x in jax.tree.leaves(getattr(state, field))} == {expected}, (field, dtype)
+        for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            assert g.dtype == w.dtype == C64
+            if dtype == F32 or not set(fields) & SECOND_MOMENT_FIELDS:
+                np.testing.assert_array_equal(np.asarray(g), np.asarray(w), err_msg=f"{dtype}")
+            else:
+                scale = np.max(np.abs(np.asarray(w)), axis=tuple(range(1, w.ndim)), keepdims=True)
+                assert np.max(np.abs(np.asarray(g) - np.asarray(w)) / scale) <= 2.0**-5
+
+
+def test_optax_drops_the_imaginary_part_of_a_real_mu_dtype():
+    """The edge is real. Reference: optax 0.2.8's ``adam(1e-2)`` on complex64 params (3
+    steps; gradtx's agrees within rtol 1e-5). ``gradtx.adam(1e-2, mu_dtype=bfloat16)`` is
+    gradtx's ``adam(1e-2)`` bit for bit, and keeps ``mu`` complex64; optax's
+    ``adam(1e-2, mu_dtype=bfloat16)`` casts ``mu`` to bfloat16, dropping its imaginary part
+    (what gradtx did before), and its steps are more than 10% off."""
+    params, grads = _complex_problem()
+    _, _, want, _ = scan_run(optax.adam(1e-2), params, grads, optax.apply_updates)
+    _, _, plain, _ = scan_run(gradtx.adam(1e-2), params, grads)
+    _, state, got, _ = scan_run(gradtx.adam(1e-2, mu_dtype=BF16), params, grads)
+    _, _, mutant, _ = scan_run(optax.adam(1e-2, mu_dtype=BF16), params, grads, optax.apply_updates)
+    assert {x.dtype for x in jax.tree.leaves(state.mu)} == {jnp.dtype(C64)}
+    assert_trees_close(plain, want, 1e-5)
+    for g, p in zip(jax.tree.leaves(got), jax.tree.leaves(plain)):
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(p))
+    gap = max(float(np.max(np.abs(np.asarray(m) - np.asarray(w))) / np.max(np.abs(np.asarray(w))))
+              for m, w in zip(jax.tree.leaves(mutant), jax.tree.leaves(want)))
+    assert gap > 0.1, "optax's real mu_dtype kept the imaginary part"
 
 
 # --- 3. step counts at the int32 maximum ----------------------------------------------------

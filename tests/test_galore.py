@@ -18,6 +18,7 @@ import pytest
 from conftest import assert_trees_close, run_steps
 
 import gradtx
+from gradtx.galore import galore_projector
 
 OX_DIMS = optax.contrib.GaLoreDimensionNumbers
 GX_DIMS = gradtx.GaLoreDimensionNumbers
@@ -173,3 +174,106 @@ def test_bad_dimension_numbers_name_the_leaf_path(params, dim_nums, message):
     with pytest.raises(ValueError, match=r"^gradtx\.scale_by_galore: ") as info:
         gradtx.galore(1e-2, weight_dimension_numbers=dim_nums).init(params)
     assert message in str(info.value)
+
+
+# --- None params and float16 (issue 12's property tests found both) -------------------------
+
+
+def _steps(tx, params, grads_seq, *, jit: bool) -> list:
+    """Each step's updates, ``tx`` run over ``grads_seq`` from ``params``."""
+    update = jax.jit(tx.update) if jit else tx.update
+    state, out = tx.init(params), []
+    for grads in grads_seq:
+        updates, state = update(grads, state, params)
+        params = gradtx.apply_updates(params, updates)
+        out.append(updates)
+    return out
+
+
+NONE_CASES = {
+    "galore": lambda: gradtx.galore(1e-2, rank=2, update_proj_gap=3, weight_decay=0.1),
+    "scale_by_galore": lambda: gradtx.scale_by_galore(rank=2, update_proj_gap=3),
+    "scale_by_galore(tree of dims)": lambda: gradtx.scale_by_galore(
+        rank=1, update_proj_gap=2, weight_dimension_numbers={"b": None, "c": None, "w": GX_DIMS(), "z": GX_DIMS(1, 0)}
+    ),
+}
+
+
+@pytest.mark.parametrize("name", NONE_CASES)
+def test_a_none_param_leaves_the_other_leaves_as_without_it(name, jit):
+    """Reference: the same params without the ``None`` leaf (optax 0.2.8's galore fails on a
+    ``None`` param). A ``None`` between a vector and the matrices (``c``) once shifted the
+    projectors onto the wrong leaves; now 6 steps (the projector refreshed twice) give, leaf
+    by leaf, the updates of the tree without it (rtol 1e-6), and ``None`` where it is."""
+    rng = np.random.default_rng(3)
+    shapes = {"b": (4,), "w": (6, 4), "z": (3, 5)}
+    params = {k: jnp.asarray(rng.normal(size=s), jnp.float32) for k, s in shapes.items()}
+    grads = [{k: jnp.asarray(rng.normal(0.3, 1.0, size=s), jnp.float32) for k, s in shapes.items()} for _ in range(6)]
+    with_none = lambda t: {**t, "c": None}  # noqa: E731
+    tx = NONE_CASES[name]()
+    if "tree of dims" in name:  # the dims tree names the None param too; without it, not
+        want_tx = gradtx.scale_by_galore(
+            rank=1, update_proj_gap=2, weight_dimension_numbers={"b": None, "w": GX_DIMS(), "z": GX_DIMS(1, 0)}
+        )
+    else:
+        want_tx = NONE_CASES[name]()
+    got = _steps(tx, with_none(params), [with_none(g) for g in grads], jit=jit)
+    want = _steps(want_tx, params, grads, jit=jit)
+    for g, w in zip(got, want):
+        assert g["c"] is None
+        assert_trees_close({k: v for k, v in g.items() if k != "c"}, w, 1e-6)
+
+
+F16_SHAPES = {"w": (8, 6), "b": (6,)}
+
+
+def _f16_problem(n_steps: int):
+    """float16 params, and ``n_steps`` gradients N(3e-4, 1e-3) rounded to float16 (both runs
+    see the same values): below 8e-3, where ``(1 - b2) g^2`` underflows float16."""
+    rng = np.random.default_rng(5)
+    params = {k: jnp.asarray(rng.normal(size=s), jnp.float16) for k, s in F16_SHAPES.items()}
+    grads = [
+        {k: jnp.asarray(rng.normal(3e-4, 1e-3, size=s), jnp.float16) for k, s in F16_SHAPES.items()}
+        for _ in range(n_steps)
+    ]
+    return params, grads
+
+
+def _f16_inner_mutant(params, grads, learning_rate: float, rank: int) -> list:
+    """Mutant: GaLore on ``w`` with its inner Adam in float16 (the image ``P^T G`` and the
+    moments in the params' dtype, as before the fix): ``-lr P adam(P^T G)``, ``P`` from the
+    first gradient."""
+    p = galore_projector(grads[0]["w"], rank, True)
+    inner = gradtx.scale_by_adam()
+    state, out = inner.init(jnp.zeros((rank, F16_SHAPES["w"][1]), jnp.float16)), []
+    for g in grads:
+        r, state = inner.update(p.T @ g["w"], state)
+        out.append(-learning_rate * (p @ r))
+    return out
+
+
+def test_float16_inner_statistics_follow_a_float32_run(jit):
+    """Reference: the float32 run (params and gradients cast to float32). On float16 params
+    with gradients of about 1e-3, GaLore's inner Adam runs in float32 (``range_safe_dtype``):
+    its state is float32, the projector and the updates float16, and over 20 steps every
+    update is finite and within 1e-2 of the float32 run's (relative to the step's largest).
+    Mutant: the inner Adam in float16, where ``(1 - b2) g^2`` underflows to 0 and the step
+    becomes ``m / eps``: off by more than 10x."""
+    lr, rank = 1e-2, 2
+    params, grads = _f16_problem(20)
+    tx = gradtx.galore(lr, rank=rank)
+    got = _steps(tx, params, grads, jit=jit)
+    to32 = lambda t: jax.tree.map(lambda x: x.astype(jnp.float32), t)  # noqa: E731
+    want = _steps(tx, to32(params), [to32(g) for g in grads], jit=jit)
+    state = tx.init(params)
+    assert state.mu["w"].dtype == state.nu["w"].dtype == state.mu["b"].dtype == jnp.float32
+    assert state.projector["w"].dtype == jnp.float16
+    for g, w in zip(got, want):
+        for k in F16_SHAPES:
+            assert g[k].dtype == jnp.float16 and bool(jnp.all(jnp.isfinite(g[k])))
+            scale = float(jnp.max(jnp.abs(w[k])))
+            assert float(jnp.max(jnp.abs(g[k].astype(jnp.float32) - w[k]))) <= 1e-2 * scale, k
+    mutant = _f16_inner_mutant(params, grads, lr, rank)
+    gaps = [float(jnp.max(jnp.abs(m.astype(jnp.float32) - w["w"]))) / float(jnp.max(jnp.abs(w["w"]))) for m, w in
+            zip(mutant, want)]
+    assert not all(np.isfinite(gaps)) or max(gaps) > 10.0, "the float16-inner mutant passed"

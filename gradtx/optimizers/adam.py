@@ -187,14 +187,17 @@ def scale_by_amsgrad(
     mu_dtype: AccumulatorDtype = None,
     bias_correction_mu: bool = True,
     bias_correction_nu: bool = True,
+    *,
+    nu_dtype: AccumulatorDtype = None,
 ) -> Transformation:
     """``u -> m_hat / (sqrt(nu_max + eps_root) + eps)``, ``nu_max = max(nu_max, v_hat)``: AMSGrad's direction.
 
     Chain: ``fork(scale_by_ema(b1) -> bias_correct(b1), second_moment(b2) -> bias_correct(b2)
     -> running_max -> sqrt_eps, join=divide)`` (``amsgrad`` without its learning rate);
     ``bias_correction_mu`` / ``bias_correction_nu`` drop either correction (the paper has
-    none). State: ``count, mu, nu, nu_max`` (no ``count`` without bias correction: nothing
-    reads it).
+    none). ``mu_dtype`` (optax's) is the dtype of ``mu``, ``nu_dtype`` (gradtx's,
+    keyword-only) of both ``nu`` and ``nu_max`` in the state. State: ``count, mu, nu,
+    nu_max`` (no ``count`` without bias correction: nothing reads it).
 
     >>> import jax.numpy as jnp, gradtx
     >>> tx = gradtx.scale_by_amsgrad()
@@ -204,9 +207,9 @@ def scale_by_amsgrad(
     """
     first = chain(scale_by_ema(b1, accumulator_dtype=mu_dtype), bias_correct(b1) if bias_correction_mu else identity())
     second = chain(
-        second_moment(b2),
+        second_moment(b2, accumulator_dtype=nu_dtype),
         bias_correct(b2) if bias_correction_nu else identity(),
-        running_max(),
+        running_max(accumulator_dtype=nu_dtype),
         sqrt_eps(eps=eps, eps_root=eps_root),
     )
     return fork(first, second, join=jnp.divide)
@@ -222,11 +225,16 @@ def amsgrad(
     mu_dtype: AccumulatorDtype = None,
     bias_correction_mu: bool = True,
     bias_correction_nu: bool = True,
+    *,
+    nu_dtype: AccumulatorDtype = None,
 ) -> Transformation:
     """AMSGrad (Reddi et al. 2018): Adam whose denominator never shrinks::
 
         v_max = max(v_max, v_hat)
         p = p - lr * m_hat / (sqrt(v_max + eps_root) + eps)
+
+    ``mu_dtype`` / ``nu_dtype`` set the dtypes of ``m`` / ``v`` and ``v_max`` in the state
+    (float32 for bfloat16 params; ``nu_dtype`` is gradtx's, keyword-only).
 
     Chain: ``scale_by_amsgrad(b1, b2, eps, eps_root, ...) -> scale_by_learning_rate``.
     State: ``count, mu, nu, nu_max`` (no ``count`` without bias correction).
@@ -237,7 +245,9 @@ def amsgrad(
     >>> updates.round(6)
     Array([-0.01], dtype=float32)
     """
-    direction = scale_by_amsgrad(b1, b2, eps, eps_root, mu_dtype, bias_correction_mu, bias_correction_nu)
+    direction = scale_by_amsgrad(
+        b1, b2, eps, eps_root, mu_dtype, bias_correction_mu, bias_correction_nu, nu_dtype=nu_dtype
+    )
     return chain(direction, scale_by_learning_rate(learning_rate))
 
 

@@ -102,6 +102,8 @@ def adadelta(
     eps: NonNegative = 1e-6,
     weight_decay: NonNegativeOrSchedule = 0.0,
     weight_decay_mask: MaskOrFn = None,
+    *,
+    accumulator_dtype: AccumulatorDtype = None,
 ) -> Transformation:
     """Adadelta (Zeiler 2012)::
 
@@ -114,8 +116,10 @@ def adadelta(
     learning-rate stage, so its update is ``+d`` and climbs the loss. gradtx defaults to
     ``learning_rate=1.0`` (the paper's and PyTorch's), which descends. ``None`` still
     means "no learning-rate stage" for code that relies on optax's behaviour.
+    ``accumulator_dtype`` (gradtx's, keyword-only) is the dtype of both ``e_g`` and ``e_x``
+    in the state (float32 for bfloat16 params); the updates keep the gradients' dtype.
 
-    Chain: ``add_decayed_weights -> scale_by_adadelta(rho, eps) -> scale_by_learning_rate``.
+    Chain: ``add_decayed_weights -> scale_by_adadelta(rho, eps, accumulator_dtype) -> scale_by_learning_rate``.
     State: ``e_g, e_x`` (optax's names).
 
     >>> import jax.numpy as jnp, gradtx
@@ -126,6 +130,6 @@ def adadelta(
     """
     return chain(
         add_decayed_weights(weight_decay, mask=weight_decay_mask),
-        scale_by_adadelta(rho=rho, eps=eps),
+        scale_by_adadelta(rho=rho, eps=eps, accumulator_dtype=accumulator_dtype),
         identity() if learning_rate is None else scale_by_learning_rate(learning_rate),
     )

@@ -49,9 +49,17 @@ class Entry:
     state: Optional[tuple] = None  # the state fields at grid[0]
     absent: dict = dataclasses.field(default_factory=dict)  # optax field -> why gradtx keeps none
     renames: dict = dataclasses.field(default_factory=dict)  # gradtx field -> optax field
-    dtypes: dict = dataclasses.field(default_factory=dict)  # dtype argument -> the field it sets
+    # dtype argument -> the state field it sets, or a tuple of the fields (Adadelta's
+    # ``accumulator_dtype`` sets ``e_g`` and ``e_x``); ``dtype_fields`` reads it
+    dtypes: dict = dataclasses.field(default_factory=dict)
     bad: tuple = ()
     reference: str = ""  # for transformations without an optax twin: what they are tested against
+
+    @property
+    def dtype_fields(self) -> dict[str, tuple[str, ...]]:
+        """``dtypes`` with every argument's fields as a tuple: dtype argument -> the state
+        fields it sets."""
+        return {arg: (fields,) if isinstance(fields, str) else tuple(fields) for arg, fields in self.dtypes.items()}
 
     @property
     def obj(self) -> Any:

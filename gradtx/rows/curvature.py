@@ -64,6 +64,7 @@ ROWS: list[Entry] = [
         state=("count", "mu", "nu", "hessian_fn_state"),
         optax=None,
         needs_objective=True,
+        dtypes={"mu_dtype": "mu"},
         reference=_SOPHIA_REFERENCE,
         bad=(
             _LR_BAD,
@@ -83,6 +84,7 @@ ROWS: list[Entry] = [
         _PRIMITIVES,
         [dict(random_seed=3)],
         ("key",),
+        needs_objective=True,
         reference=f"the closed-form Hessian diagonal (exact for a diagonal Hessian; the mean over many probes "
         f"otherwise); optax's estimate with the same key, rtol 1e-10 ({_CURVATURE})",
     ),
@@ -91,6 +93,7 @@ ROWS: list[Entry] = [
         _PRIMITIVES,
         [dict(b2=0.9, update_interval=3)],
         ("count", "nu", "hessian_fn_state"),
+        needs_objective=True,
         reference=f"sophia against optax.contrib.sophia; the closed form on a quadratic ({_CURVATURE})",
         bad=(
             bad_args(b2=-0.5, message="b2 must be in [0, 1]"),

@@ -98,6 +98,7 @@ ROWS: list[Entry] = [
         _PRIMITIVES,
         [{}, dict(ns_steps=3, beta=0.8, eps=1e-3, nesterov=False, adaptive=True, preconditioning="aol")],
         ("count", "mu"),
+        dtypes={"mu_dtype": "mu"},
         absent={"ns_coeffs": "a constant of the call (the coefficients), not state: gradtx keeps it in the stage"},
         reference=f"optax.contrib.scale_by_muon on trees of matrices and a conv kernel with dimension numbers, "
         f"float64 rtol 1e-10 / float32 rtol 1e-5, 200 steps ({TEST_FILE})",

@@ -81,6 +81,7 @@ ROWS: list[Entry] = [
         ],
         state=("count", "m1", "m2", "nu"),
         optax="contrib.ademamix",
+        dtypes={"mu_dtype": ("m1", "m2")},
         absent={"count_m2": "optax counts the slow average's steps apart; it always equals count"},
         bad=(
             _LR_BAD,
@@ -170,6 +171,7 @@ ROWS: list[Entry] = [
         [dict(alpha=1.0), _ADEMAMIX_MOVED],
         ("count", "m1", "m2", "nu"),
         optax="contrib.scale_by_ademamix",
+        dtypes={"mu_dtype": ("m1", "m2")},
         absent={"count_m2": "optax counts the slow average's steps apart; it always equals count"},
         bad=(bad_args(alpha=-2.0, message="alpha must be >= 0"),),
     ),

@@ -37,6 +37,7 @@ ROWS: list[Entry] = [
         _PRIMITIVES,
         [dict(learning_rate=0.05), dict(learning_rate=S, b1=0.8, weight_lr_power=1.0)],
         ("b1", "weight_sum", "max_lr", "z"),
+        dtypes={"state_dtype": "z"},
         reference=(
             f"the authors' SGDScheduleFreeReference / AdamWScheduleFreeReference in numpy float64 and "
             f"optax.contrib.schedule_free (schedule read at count + 1), 200 steps, 1e-10 / 1e-5 ({_SF_TESTS})"
@@ -69,6 +70,7 @@ ROWS: list[Entry] = [
         ],
         state=("b1", "weight_sum", "max_lr", "z"),
         optax="contrib.schedule_free_sgd",
+        dtypes={"state_dtype": "z"},
         absent={"step_count": _STEP_COUNT},
         reference=f"with warmup: the authors' SGDScheduleFreeReference in numpy float64 ({_SF_TESTS})",
         bad=_SF_BAD,
@@ -82,6 +84,7 @@ ROWS: list[Entry] = [
         ],
         state=("count", "nu", "b1", "weight_sum", "max_lr", "z"),
         optax="contrib.schedule_free_adamw",
+        dtypes={"state_dtype": "z"},
         absent={"step_count": _STEP_COUNT},
         reference=(
             f"b2 > 0 and warmup (where optax departs from the paper): the authors' AdamWScheduleFreeReference "

@@ -53,7 +53,7 @@ ROWS: list[Entry] = [
         [dict(**_MOVED, eps_root=1e-4), dict(eps=1e-3, bias_correction_mu=False, bias_correction_nu=False)],
         ("count", "mu", "nu", "nu_max"),
         optax="scale_by_amsgrad",
-        dtypes={"mu_dtype": "mu"},
+        dtypes={"mu_dtype": "mu", "nu_dtype": ("nu", "nu_max")},
         absent={"count": "without bias correction nothing reads a step count, and gradtx keeps none"},
         bad=(bad_args(eps_root=-1.0, message="eps_root must be >= 0"),),
     ),

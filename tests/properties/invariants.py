@@ -124,10 +124,25 @@ def state_fields(tx: gradtx.Transformation, state: Any) -> dict[str, tuple[Any, 
     return {k.name: (getattr(state, k.name), k.owners) for k in tx.stage.fields if k.field.like_params}
 
 
+def _wanted(asked: Any, param: Any, second: bool) -> Any:
+    """The dtype of a params-shaped state leaf: the param's, or the one asked for; for a
+    complex param, the real counterpart in a ``|g|^2`` statistic (``second``) and else the
+    complex dtype of the precision asked for (a real dtype asked for a complex first moment:
+    bfloat16 and float32 -> complex64, the imaginary part kept)."""
+    p = jnp.dtype(param.dtype)
+    if not jnp.issubdtype(p, jnp.complexfloating):
+        return jnp.dtype(asked if asked is not None else p)
+    if second:
+        return jnp.finfo(asked if asked is not None else p).dtype
+    if asked is None or jnp.issubdtype(asked, jnp.complexfloating):
+        return jnp.dtype(asked if asked is not None else p)
+    return jnp.dtype(jnp.complex128 if jnp.dtype(asked) == jnp.float64 else jnp.complex64)
+
+
 def assert_state_dtypes(tx: gradtx.Transformation, state: Any, params: Any, asked: dict) -> None:
     """The step count is an int32 scalar; each params-shaped state field has, leaf by leaf,
-    the dtype asked for, else the param's (the real counterpart for the ``|g|^2``
-    statistics of complex params)."""
+    the dtype asked for, else the param's (``_wanted``: real for the ``|g|^2`` statistics
+    of complex params, complex for their other fields)."""
     if tx.stage.uses_count:
         assert (state.count.shape, state.count.dtype) == ((), jnp.int32), f"count: {state.count!r}"
     for name, (value, owners) in state_fields(tx, state).items():
@@ -135,9 +150,7 @@ def assert_state_dtypes(tx: gradtx.Transformation, state: Any, params: Any, aske
         base = name.rsplit("_", 1)[0] if name.rsplit("_", 1)[-1].isdigit() else name
         second = base in SECOND_MOMENTS and not any(base in FIRST_MOMENTS.get(o, ()) for o in owners)
         for (path, leaf), p in zip(_paths(value), jax.tree.leaves(params)):
-            want = jnp.dtype(asked.get(name, p.dtype))
-            if second and jnp.issubdtype(p.dtype, jnp.complexfloating) and name not in asked:
-                want = jnp.finfo(p.dtype).dtype
+            want = _wanted(asked.get(name), p, second)
             assert leaf.dtype == want, f"state field {name}{path}: {leaf.dtype}, expected {want} (param {p.dtype})"
 
 

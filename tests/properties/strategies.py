@@ -41,8 +41,6 @@ BF16, F16, F32, F64, C64 = jnp.bfloat16, jnp.float16, jnp.float32, jnp.float64, 
 # Entries whose ``update`` cannot run on a generic (params, gradients) pair, and why. (The
 # rows that say so themselves, ``needs_objective`` or no grid point, are left out too.)
 EXCLUDED = {
-    "hutchinson_estimator_diag_hessian": "update needs the objective (obj_fn); tests/test_curvature.py runs it",
-    "hessian_diagonal_ema": "update needs the objective (obj_fn); tests/test_curvature.py runs it",
     "differentially_private_aggregate": "takes per-example gradients (a batch axis first); tests/test_privacy.py",
 }
 # Entries that orthogonalize matrices: a leaf of rank < 2 is an error by design ("leave
@@ -58,14 +56,6 @@ SECOND_MOMENT_INPUT = {"sqrt_eps", "running_max"}
 # ``u -> nu`` real-valued for complex updates, or one scalar per leaf (their docstrings).
 REAL_STATISTIC = {"second_moment", "belief_moment", "yogi_moment", "asynchronous_belief", "infinity_norm"}
 LEAF_STATISTIC = {"layer_second_moment", "lars_trust_ratio"}
-# Entries that refuse None leaves in the params, and why (a gradtx limitation, reported).
-NO_NONE_LEAVES = {
-    "galore": "its state marks an unprojected leaf with None, and a None param breaks the leaf order",
-    "scale_by_galore": "its state marks an unprojected leaf with None, and a None param breaks the leaf order",
-}
-# Why complex trees are not drawn where a state dtype is asked for (``mu_dtype=bfloat16``,
-# Adafactor's default ``dtype_momentum=float32``): a gradtx issue, reported.
-NO_COMPLEX_WITH_STATE_DTYPE = "the cast to a real dtype drops the moment's imaginary part (no complex bfloat16 exists)"
 
 
 def runnable(entry: Entry) -> bool:
@@ -130,24 +120,24 @@ def leaf_kinds(*, x64: bool = False, complex_: bool = True, matrices: bool = Fal
     ]
 
 
-def mixed_spec(kinds: list[tuple], *, none_leaves: bool = True) -> dict:
+def mixed_spec(kinds: list[tuple]) -> dict:
     """A tree with a leaf of every dtype among ``kinds`` (the first kind of each), an empty
-    subtree and (with ``none_leaves``) a ``None``."""
+    subtree and a ``None``."""
     first: dict = {}
     for shape, dtype in kinds:
         first.setdefault(jnp.dtype(dtype), Leaf(shape, dtype))
     head, *rest = first.values()
-    return {"w": head, "rest": (*rest, {}), **({"none": None} if none_leaves else {})}
+    return {"w": head, "rest": (*rest, {}), "none": None}
 
 
-def tree_specs(kinds: list[tuple], max_leaves: int = MAX_LEAVES, *, none_leaves: bool = True) -> st.SearchStrategy:
+def tree_specs(kinds: list[tuple], max_leaves: int = MAX_LEAVES) -> st.SearchStrategy:
     """Nested dict / list / tuple trees (sometimes an ``nnx.State`` at the root) with 1 to
     ``max_leaves`` array leaves of the given ``(shape, dtype)`` kinds, plus empty subtrees
-    and (with ``none_leaves``) ``None`` leaves; or, one draw in eight and first (hypothesis'
+    and ``None`` leaves; or, one draw in eight and first (hypothesis'
     simplest example), the ``mixed_spec`` with every dtype, so that every registry entry
     meets every dtype in the ci profile's few examples."""
     leaf = st.sampled_from(kinds).map(lambda kind: Leaf(*kind))
-    empty = st.sampled_from([{}, [], (), *([None] if none_leaves else [])])
+    empty = st.sampled_from([{}, [], (), None])
 
     def containers(children):
         return st.one_of(
@@ -162,7 +152,7 @@ def tree_specs(kinds: list[tuple], max_leaves: int = MAX_LEAVES, *, none_leaves:
         lambda t: 1 <= len(leaves(t)) <= max_leaves
     )
     random = st.one_of(trees, trees, states.map(nnx.State))
-    mixed = mixed_spec(kinds, none_leaves=none_leaves)
+    mixed = mixed_spec(kinds)
     return st.integers(0, 7).flatmap(lambda i: st.just(mixed) if i == 0 else random)
 
 
@@ -276,16 +266,16 @@ class Drawn(NamedTuple):
 ASKABLE = [None, BF16, F32]  # values drawn for a dtype argument (None: the params' own)
 
 
-def _dtype_fields(entry: Entry, kwargs: dict) -> dict[str, str]:
-    """Dtype argument -> the state field it sets: the row's ``dtypes``, and for a dtype
-    argument the grid sets that the row does not list (``trace``'s ``accumulator_dtype``),
-    the transformation's one params-shaped field."""
-    out = dict(entry.dtypes)
+def _dtype_fields(entry: Entry, kwargs: dict) -> dict[str, tuple[str, ...]]:
+    """Dtype argument -> the state fields it sets: the row's ``dtypes``, and for a dtype
+    argument the grid sets that the row does not list, the transformation's one
+    params-shaped field."""
+    out = dict(entry.dtype_fields)
     for name, c in constraints(entry.obj).items():
         if isinstance(c, hyperparams.InexactDtype) and name in kwargs and name not in out:
             like = [k.name for k in entry.obj(**kwargs).stage.fields if k.field.like_params]
             assert len(like) == 1, f"{entry.name}: which field does {name} set? (add it to the row's dtypes)"
-            out[name] = like[0]
+            out[name] = (like[0],)
     return out
 
 
@@ -303,13 +293,13 @@ def hyperparameters(draw, entry: Entry) -> Drawn:
             kwargs[name] = draw(number(name, value, declared[name]))
     asked = {}
     defaults = {n: p.default for n, p in inspect.signature(inspect.unwrap(entry.obj)).parameters.items()}
-    for arg, field in _dtype_fields(entry, kwargs).items():
+    for arg, fields in _dtype_fields(entry, kwargs).items():
         dtype = draw(st.sampled_from(ASKABLE))
         kwargs.pop(arg, None)
         if dtype is not None:
             kwargs[arg] = dtype
         if (dtype or defaults[arg]) is not None:  # Adafactor's dtype_momentum is float32 by default
-            asked[field] = dtype or defaults[arg]
+            asked.update(dict.fromkeys(fields, dtype or defaults[arg]))
     return Drawn(entry, kwargs, asked)
 
 
@@ -390,14 +380,13 @@ class Case(NamedTuple):
 @st.composite
 def cases(draw, transformations: st.SearchStrategy, x64: st.SearchStrategy[bool] = X64) -> Case:
     """A transformation and a problem within its domain: trees of matrices for
-    ``MATRIX_ONLY`` entries, real trees for ``REAL_ONLY`` and ``SECOND_MOMENT_INPUT``
-    ones and where a state dtype is asked for, no None leaves for ``NO_NONE_LEAVES``."""
+    ``MATRIX_ONLY`` entries, real trees for ``REAL_ONLY`` and ``SECOND_MOMENT_INPUT`` ones."""
     drawn = draw(transformations)
     x64 = draw(x64)
     names = drawn.names
-    real = bool(names & (set(REAL_ONLY) | SECOND_MOMENT_INPUT) or drawn.asked)  # NO_COMPLEX_WITH_STATE_DTYPE
+    real = bool(names & (set(REAL_ONLY) | SECOND_MOMENT_INPUT))
     kinds = leaf_kinds(x64=x64, complex_=not real, matrices=bool(names & MATRIX_ONLY))
-    specs = tree_specs(kinds, none_leaves=not names & set(NO_NONE_LEAVES))
+    specs = tree_specs(kinds)
     return Case(drawn, draw(problems(specs)), x64)
 
 

@@ -9,7 +9,7 @@ gets ``PER_ENTRY`` examples, the profile's ``max_examples`` shared out and round
 15). Which entries run, and the domain of the few that
 take something other than gradients of any rank and dtype, are named in ``strategies``
 (``EXCLUDED``, ``MATRIX_ONLY``, ``REAL_ONLY``, ``SECOND_MOMENT_INPUT``, ``REAL_STATISTIC``,
-``LEAF_STATISTIC``, ``NO_NONE_LEAVES``, ``NO_COMPLEX_WITH_STATE_DTYPE``).
+``LEAF_STATISTIC``).
 """
 
 from __future__ import annotations
