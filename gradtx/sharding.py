@@ -256,8 +256,10 @@ def matrix_region(fn: F, *, like: Any = None) -> F:
       ``P()``. A square leaf's own factors are shaped like it: give ``like`` there.
 
     Anywhere else (no mesh set, a mesh with no ``Explicit`` axis: ``Auto`` axes, one device)
-    it is ``fn`` itself, so single-device numbers do not change. Pass the arrays positionally
-    (closed-over scalars, such as a step count, are fine); ``fn`` returns a pytree of arrays.
+    it is ``fn`` itself, so single-device numbers do not change. Pass the arrays positionally,
+    and any traced value derived under the mesh too (a refresh flag computed from the step
+    count fails closed over: its type carries the Explicit mesh, the region's is Auto);
+    Python constants may be closed over. ``fn`` returns a pytree of arrays.
     Use it on one leaf's computation, where the layout of the result is the leaf's::
 
         def leaf_step(g, stats):  # g: (m, n) sharded on ("data", "model"); stats: (m, m) replicated
