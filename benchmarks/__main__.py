@@ -150,7 +150,7 @@ def main() -> None:
 # and ResNet-50 shapes), SOAP and Shampoo against Adam (step, refresh and state bytes), the
 # fused step inside an unmodified Flax NNX train step, and a sweep of N = 1 to 128 settings
 # of the MNIST MLP in one program against the same settings one after another.
-EXTRA = ("muon", "preconditioned", "flax_step", "sweeps")
+EXTRA = ("muon", "preconditioned", "flax_step", "sweeps", "diagnostics")
 
 
 def run_extra(name: str, quick: bool) -> str:

@@ -94,23 +94,27 @@ def inputs(dtype=jnp.float32):
 
 def recorded(cases, params_seq, updates_seq):
     """What each case's transformation records at each step: ``{case: array (steps, values)}``,
-    all run in one jitted program (the updates handed on must be the ones given)."""
+    all run in one jitted program (the updates handed on must be the ones given, bit for bit)."""
 
     @jax.jit
     def run(params_seq, updates_seq):
-        out = []
+        out, handed = [], []
         for name, per_leaf, reset_every in cases:
             kwargs = {} if reset_every is None else dict(reset_every=reset_every)
             tx = getattr(gradtx, name)(per_leaf, **kwargs)
             state, values = tx.init(params_seq[0]), []
             for params, updates in zip(params_seq, updates_seq):
                 new, state = tx.update(updates, state, params)
-                assert new is updates
+                handed.append(new)
                 values.append(jnp.stack(jax.tree.leaves(getattr(state, FIELD[name]))).astype(jnp.float32))
             out.append(jnp.stack(values))
-        return out
+        return out, handed
 
-    return {case: np.asarray(v, np.float64) for case, v in zip(cases, run(params_seq, updates_seq))}
+    out, handed = run(params_seq, updates_seq)
+    given = [u for _ in cases for u in updates_seq]
+    for a, b in zip(jax.tree.leaves(handed), jax.tree.leaves(given), strict=True):
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes(), "the updates handed on changed"
+    return {case: np.asarray(v, np.float64) for case, v in zip(cases, out)}
 
 
 def agree(got, case, params_seq, updates_seq) -> bool:
@@ -308,3 +312,21 @@ def test_resetting_the_origin_by_hand():
     state = gradtx.tree.set(state, origin=params)
     _, state = tx.update({"w": jnp.array([3.0, 4.0])}, state, params)
     assert float(state.distance) == pytest.approx(5.0, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", [*FIELD, "training_diagnostics"])
+def test_nan_and_inf_updates_are_handed_on_bit_for_bit(name):
+    """The updates go through a select that waits for the recorded values (``_after``):
+    its predicate must be false for NaN and inf values too. Reference: the input bytes."""
+    params = {"w": jnp.array([1.0, -2.0, 3.0, 0.5]), "b": jnp.ones(())}
+    updates = {"w": jnp.array([jnp.nan, jnp.inf, -jnp.inf, -0.0]), "b": jnp.asarray(jnp.nan)}
+    tx = getattr(gradtx, name)()
+
+    @jax.jit
+    def twice(updates, params):
+        new, state = tx.update(updates, tx.init(params), params)
+        return new, tx.update(updates, state, params)[0]
+
+    for handed in twice(updates, params):
+        for a, b in zip(jax.tree.leaves(handed), jax.tree.leaves(updates), strict=True):
+            assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
