@@ -78,13 +78,23 @@ def _kept_axes(shape: tuple[int, ...], param: _Placed) -> Optional[tuple]:
     return choices.pop() if len(choices) == 1 else None
 
 
+def _stacked(shape: tuple[int, ...], param: _Placed) -> bool:
+    """A stack of copies of the param (L-BFGS's memory: ``(memory_size, *param.shape)``),
+    whose stacking axis cannot be taken for one of the param's dimensions (a vector's
+    ``(n, n)`` factor is not a stack)."""
+    return len(shape) == len(param.shape) + 1 and shape[1:] == param.shape and shape[0] not in param.shape
+
+
 def _leaf_sharding(leaf: Any, param: _Placed, replicated: Sharding) -> Sharding:
     shape = tuple(leaf.shape)
     if not shape or param.sharding is None:
         return replicated
     if shape == param.shape:
         return param.sharding
-    axes = _kept_axes(shape, param)
+    if _stacked(shape, param):  # each copy laid out like the param
+        axes: Optional[tuple] = (None, *param.axes)
+    else:
+        axes = _kept_axes(shape, param)
     if axes is None or all(a is None for a in axes):
         return replicated
     return NamedSharding(param.sharding.mesh, PartitionSpec(*axes), memory_kind=param.sharding.memory_kind)
@@ -124,7 +134,9 @@ def state_sharding(tx: GradientTransformation, params: Params, *, mesh: Optional
     - a leaf that keeps some of its param's dimensions: the mesh axes of those dimensions
       (Adafactor's ``v_row`` and ``v_col``, SM3's accumulators); replicated where the kept
       dimensions are ambiguous (a square matrix) and the two choices differ;
-    - scalars (``count``) and every other leaf (a PRNG key, L-BFGS's memory): ``P()``.
+    - a stack of copies of its param, ``(k, *param.shape)`` (L-BFGS's memory): each copy
+      like the param, ``P(None, *param_spec)``, so the memory is split as the params are;
+    - scalars (``count``) and every other leaf (a PRNG key, Shampoo's factors): ``P()``.
 
     The state is never computed (``jax.eval_shape``), so the result can be passed to
     ``jax.jit(tx.init, out_shardings=...)`` and to a jitted step's ``in_shardings`` and

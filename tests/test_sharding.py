@@ -243,6 +243,22 @@ def test_kept_dimensions_and_nested_states(mesh):
     assert optax_state[0].nu == {"w": ("data", "model")} and optax_state[0].count == ()
 
 
+def test_lbfgs_memory_is_split_as_the_params(mesh):
+    """Reference: the layouts written out. L-BFGS's memory, ``(memory_size, *param.shape)``
+    per leaf, lays each copy out like its param; a vector's square statistics (SOAP's
+    ``(n, n)`` factor of an ``(n,)`` leaf) is not a stack and stays replicated."""
+    params = _abstract(mesh, {"w": ((8, 16), ("data", "model")), "b": ((16,), ("model",))})
+    got = _specs(gradtx.state_sharding(gradtx.lbfgs(memory_size=5), params))
+    assert got.diff_params_memory == {"w": (None, "data", "model"), "b": (None, "model")}
+    assert got.diff_updates_memory == got.diff_params_memory
+
+    def init(p):
+        return {"factor": jax.tree.map(lambda x: jnp.zeros((x.shape[-1], x.shape[-1])), p)}
+
+    square = gradtx.GradientTransformation(init, lambda u, s, p=None: (u, s))
+    assert _specs(gradtx.state_sharding(square, {"b": params["b"]})) == {"factor": {"b": ()}}
+
+
 def test_params_without_a_sharding_are_replicated(mesh):
     """Reference: the documented rule. Params without a ``NamedSharding`` (numpy arrays,
     structs without one) put their state on the one device; beside sharded params, their
