@@ -19,7 +19,7 @@ import numpy as np
 
 from gradtx.base import UpdateError, Updates
 from gradtx.hyperparams import NonNegative, OneOf, Real
-from gradtx.numerics import at_least, leaf_norm, real_dtype
+from gradtx.numerics import at_least, leaf_norm, plus_eps, real_dtype
 from gradtx.scaling import _times, global_norm
 from gradtx.transform import Field, Transformation, declare, elementwise, primitive
 
@@ -358,7 +358,7 @@ def normalize_by_update_norm(scale_factor: Real = 1.0, eps: NonNegative = 1e-6) 
     """
 
     def apply(updates, state, step):
-        denominator = global_norm(updates) + eps
+        denominator = plus_eps(global_norm(updates), eps)
         factor = jnp.where(denominator > 0, scale_factor / jnp.where(denominator > 0, denominator, 1.0), 0.0)
         return jax.tree.map(lambda u: u * factor.astype(real_dtype(u.dtype)), updates), {}
 

@@ -22,7 +22,7 @@ from gradtx.base import UpdateError
 from gradtx.combine import chain, renamed
 from gradtx.hyperparams import Decay, Interval, NonNegative, Positive
 from gradtx.moments import scale_by_ema
-from gradtx.numerics import abs_sq, at_least, ema, root_mean_square, rsqrt_or_zero
+from gradtx.numerics import abs_sq, at_least, ema, plus_eps, root_mean_square, rsqrt_or_zero
 from gradtx.sharding import matrix_region
 from gradtx.transform import Field, Transformation, declare, elementwise, primitive
 
@@ -87,7 +87,7 @@ def _stat_shapes(shape: tuple, factored: bool, min_dim_size_to_factor: int) -> t
 
 def _factored_leaf(g, v_row, v_col, v, decay, dims, epsilon):
     """One leaf of ``scale_by_factored_rms``: the update and the new ``v_row, v_col, v``."""
-    g_sq = abs_sq(g) + epsilon
+    g_sq = plus_eps(abs_sq(g), epsilon)
     if dims is None:
         v = ema(g_sq, jnp.real(v), decay).astype(v.dtype)
         return g * jnp.real(v) ** -0.5, v_row, v_col, v

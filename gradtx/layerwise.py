@@ -18,7 +18,7 @@ from gradtx.base import UpdateError
 from gradtx.combine import chain, fork, identity, renamed
 from gradtx.hyperparams import AccumulatorDtype, Decay, NonNegative, NonNegativeOrSchedule
 from gradtx.moments import trace
-from gradtx.numerics import abs_sq, ema, leaf_norm, real_dtype
+from gradtx.numerics import abs_sq, ema, leaf_norm, plus_eps, real_dtype
 from gradtx.scaling import MaskOrFn, add_decayed_weights, sqrt_eps
 from gradtx.transform import Field, Transformation, declare, primitive
 
@@ -31,7 +31,7 @@ def trust_ratio(param_norm, update_norm, min_norm=0.0, trust_coefficient=1.0, ep
     that it takes one norm pair or a vector of them (the packed layout's)."""
     p = jnp.maximum(param_norm, min_norm)
     u = jnp.maximum(update_norm, min_norm)
-    ratio = trust_coefficient * p / (u + eps)
+    ratio = trust_coefficient * p / plus_eps(u, eps)
     return jnp.where((p == 0.0) | (u == 0.0), jnp.ones_like(ratio), ratio)
 
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from gradtx.base import UpdateError
 from gradtx.hyperparams import Integer, NonNegative, OneOf, _fail
+from gradtx.numerics import plus_eps
 from gradtx.sharding import matrix_region
 from gradtx.transform import Transformation, declare, primitive
 
@@ -249,7 +250,7 @@ def orthogonalize_matrix(
         x = x.T
     if preconditioning in ("frobenius", "spectral"):
         norm = jnp.linalg.norm(x, ord="fro") if preconditioning == "frobenius" else _spectral_norm(x)
-        x /= jnp.maximum(norm, eps) if eps_floor else norm + eps
+        x /= jnp.maximum(norm, eps) if eps_floor else plus_eps(norm, eps)
     coeffs = jnp.asarray(ns_coeffs).astype(x.dtype)
     if coeffs.ndim == 1:
         x = jax.lax.fori_loop(0, ns_steps, lambda i, y: _iterate(i, y, coeffs, preconditioning), x, unroll=True)

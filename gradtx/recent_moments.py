@@ -25,7 +25,7 @@ from gradtx import _tree
 from gradtx.adaptive_moments import belief_moment
 from gradtx.base import ScalarOrSchedule, Schedule, UpdateError
 from gradtx.hyperparams import AccumulatorDtype, Decay, DecayBelowOne, Interval, LearningRate, NonNegative, Positive
-from gradtx.numerics import abs_sq, debias, ema, real_dtype, safe_increment
+from gradtx.numerics import abs_sq, debias, ema, plus_eps, real_dtype, safe_increment
 from gradtx.transform import Field, Transformation, declare, primitive
 
 __all__ = [
@@ -204,7 +204,10 @@ def dual_averaging_point(learning_rate: LearningRate, eps: NonNegative = 1e-6) -
         grad_sum_sq = jax.tree.map(lambda q, g: q + (lamb * abs_sq(g)).astype(q.dtype), state["grad_sum_sq"], updates)
         s = jax.tree.map(lambda s_, g: s_ + (lamb * g).astype(g.dtype), state["s"], updates)
         z = jax.tree.map(
-            lambda x0, s_, q: x0 - s_ / (jnp.cbrt(jnp.real(q)) + eps).astype(s_.dtype), state["x0"], s, grad_sum_sq
+            lambda x0, s_, q: x0 - s_ / plus_eps(jnp.cbrt(jnp.real(q)), eps).astype(s_.dtype),
+            state["x0"],
+            s,
+            grad_sum_sq,
         )
         return _tree.cast_like(z, updates), {"grad_sum_sq": grad_sum_sq, "s": s, "x0": state["x0"]}
 

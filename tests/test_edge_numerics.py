@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import optax.contrib
 import pytest
 from conftest import assert_trees_close
 
@@ -61,7 +62,19 @@ EPS_USERS = {  # the four optimizers of the issue, at their defaults
     "rmsprop": lambda: gradtx.rmsprop(1e-3),
     "adagrad": lambda: gradtx.adagrad(1e-3),
     "adadelta": lambda: gradtx.adadelta(),
+    # and those whose float16 zero-gradient run was NaN before their eps went through
+    # plus_eps: Adafactor's epsilon = 1e-30 on |g|^2, Muon's ||m|| + 1e-8 before Newton-Schulz
+    # (its matrix "w"; "b" takes Adam), Shampoo's graft ||s|| + 1e-16, and
+    # normalize_by_update_norm's ||u|| + 1e-6 (a float16 subnormal: 1 / 1e-6 overflowed)
+    "adafactor": lambda: gradtx.adafactor(),
+    "muon": lambda: gradtx.muon(1e-3),
+    "shampoo": lambda: gradtx.shampoo(1e-3),
+    "normalize_by_update_norm": lambda: gradtx.normalize_by_update_norm(),
 }
+# the state dtypes of the float16 run where they are not all float16: Shampoo keeps its
+# Kronecker factors and inverse roots in at least float32 (``kronecker.factor_dtype``);
+# normalize_by_update_norm keeps no state
+ZERO_GRADIENT_STATE_DTYPES = {"shampoo": {jnp.dtype(F16), jnp.dtype(F32)}, "normalize_by_update_norm": set()}
 
 
 def naive_adam(learning_rate: float, eps: float = 1e-8):
@@ -82,22 +95,34 @@ def zero_gradient_run(tx, apply_updates: Callable = gradtx.apply_updates):
 @pytest.mark.parametrize("name", sorted(EPS_USERS))
 def test_float16_zero_gradients_give_zero_finite_steps(name):
     """Reference: the closed form. With zero gradients every moment is 0 and each step is
-    ``0 / (0 + eps) = 0`` (Adam), ``0 / sqrt(0 + eps)`` (RMSprop), 0 (Adagrad, Adadelta):
-    over 100 float16 steps every update is exactly 0, the params are bit for bit the
-    initial ones, the state is finite and stays float16."""
+    ``0 / (0 + eps) = 0`` (Adam), ``0 / sqrt(0 + eps)`` (RMSprop, Adafactor), 0 (Adagrad,
+    Adadelta), ``NS(0 / (0 + eps)) = 0`` (Muon), ``0 * ||g|| / (0 + 1e-16)`` (Shampoo's
+    graft), ``0 / (0 + eps)`` (normalize_by_update_norm): over 100 float16 steps every
+    update is exactly 0, the params are bit for bit the initial ones, the state is finite
+    and stays float16 (Shampoo's factors: float32; normalize_by_update_norm keeps none).
+    With ``x + eps`` as written (before the eps rule) the steps of Adam, RMSprop, Adafactor,
+    Muon, Shampoo and normalize_by_update_norm were NaN: the eps rounded to 0 (0 / 0), or,
+    normalize_by_update_norm's 1e-6, to a subnormal whose reciprocal overflows (0 * inf)."""
     params, state, updates, _ = zero_gradient_run(EPS_USERS[name]())
     assert all_finite(state) and all_finite(updates)
     assert all(bool(jnp.all(u == 0)) for u in jax.tree.leaves(updates))
     for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(F16_PARAMS)):
         assert got.dtype == F16 and bool(jnp.all(got == want))
-    assert {x.dtype for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.floating)} == {jnp.dtype(F16)}
+    want_dtypes = ZERO_GRADIENT_STATE_DTYPES.get(name, {jnp.dtype(F16)})
+    assert {x.dtype for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.floating)} == want_dtypes
 
 
-@pytest.mark.parametrize("name", ["adam", "rmsprop"])
+@pytest.mark.parametrize("name", ["adam", "rmsprop", "adafactor", "muon"])
 def test_float16_zero_gradients_are_nan_in_optax_and_in_the_naive_formula(name):
-    """The edge is real: optax 0.2.8's Adam and RMSprop, and the naive-eps Adam mutant, give
-    NaN on the same float16 zero-gradient run (eps = 1e-8 rounds to 0 in float16, 0 / 0)."""
-    optax_tx = {"adam": optax.adam(1e-3), "rmsprop": optax.rmsprop(1e-3)}[name]
+    """The edge is real: optax 0.2.8's Adam, RMSprop, Adafactor and Muon, and the naive-eps
+    Adam mutant, give NaN on the same float16 zero-gradient run (eps = 1e-8, Adafactor's
+    1e-30, rounds to 0 in float16: 0 / 0)."""
+    optax_tx = {
+        "adam": lambda: optax.adam(1e-3),
+        "rmsprop": lambda: optax.rmsprop(1e-3),
+        "adafactor": lambda: optax.adafactor(),
+        "muon": lambda: optax.contrib.muon(1e-3),
+    }[name]()
     params, *_ = zero_gradient_run(optax_tx, optax.apply_updates)
     assert not all_finite(params)
     if name == "adam":
@@ -335,8 +360,10 @@ def test_optax_drops_the_imaginary_part_of_a_real_mu_dtype():
     assert_trees_close(plain, want, 1e-5)
     for g, p in zip(jax.tree.leaves(got), jax.tree.leaves(plain)):
         np.testing.assert_array_equal(np.asarray(g), np.asarray(p))
-    gap = max(float(np.max(np.abs(np.asarray(m) - np.asarray(w))) / np.max(np.abs(np.asarray(w))))
-              for m, w in zip(jax.tree.leaves(mutant), jax.tree.leaves(want)))
+    gap = max(
+        float(np.max(np.abs(np.asarray(m) - np.asarray(w))) / np.max(np.abs(np.asarray(w))))
+        for m, w in zip(jax.tree.leaves(mutant), jax.tree.leaves(want))
+    )
     assert gap > 0.1, "optax's real mu_dtype kept the imaginary part"
 
 

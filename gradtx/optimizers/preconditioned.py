@@ -39,7 +39,7 @@ from gradtx.kronecker import (
     when,
 )
 from gradtx.moments import nesterov_trace, second_moment, trace
-from gradtx.numerics import abs_sq, ema, leaf_norm, real_dtype, safe_increment
+from gradtx.numerics import abs_sq, ema, leaf_norm, plus_eps, real_dtype, safe_increment
 from gradtx.scaling import add_decayed_weights, scale_by_learning_rate, scale_by_sign, sqrt_eps
 from gradtx.sharding import matrix_region
 from gradtx.transform import Field, Stage, Transformation, declare, finish, merge_fields, primitive, stage_of, view
@@ -305,7 +305,7 @@ def grafted(shampoo: jax.Array, graft: jax.Array, *, preconditioned: bool) -> ja
     graft's ``g`` (per leaf); a leaf without factors takes the graft's direction."""
     if not preconditioned:
         shampoo = graft
-    return shampoo * (leaf_norm(graft) / (leaf_norm(shampoo) + 1e-16)).astype(shampoo.dtype)
+    return shampoo * (leaf_norm(graft) / plus_eps(leaf_norm(shampoo), 1e-16)).astype(shampoo.dtype)
 
 
 def _graft_direction(graft_type: str, b2, diagonal_eps) -> Transformation:
