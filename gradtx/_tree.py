@@ -25,6 +25,12 @@ def real_full_like(tree: Any, value: jax.typing.ArrayLike = 0.0) -> Any:
     return jax.tree.map(lambda x: jnp.full_like(x, value, dtype=real_dtype(jnp.asarray(x).dtype)), tree)
 
 
+def real_state(tree: Any, dtype=None, value: jax.typing.ArrayLike = 0.0) -> Any:
+    """A ``|u|^2``-type state field with a dtype argument: ``real_full_like(tree, value)``
+    cast to the real counterpart of ``dtype`` (``None``: each leaf's real dtype)."""
+    return cast(real_full_like(tree, value), None if dtype is None else real_dtype(dtype))
+
+
 def cast(tree: Any, dtype) -> Any:
     """Cast every leaf to ``numerics.state_dtype(leaf's dtype, dtype)`` (a real ``dtype``
     keeps a complex leaf complex); ``dtype=None`` leaves the tree as it is."""

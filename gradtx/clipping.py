@@ -19,7 +19,7 @@ import numpy as np
 
 from gradtx.base import UpdateError, Updates
 from gradtx.hyperparams import NonNegative, OneOf, Real
-from gradtx.numerics import at_least, leaf_norm, plus_eps, real_dtype
+from gradtx.numerics import at_least, explicit_layout, leaf_norm, plus_eps, real_dtype
 from gradtx.scaling import _times, global_norm
 from gradtx.transform import Field, Transformation, declare, elementwise, primitive
 
@@ -72,10 +72,9 @@ def _unit_axes(shape: tuple) -> Optional[tuple[int, ...]]:
 def _unit_norm(x: jax.Array, axis: Axis) -> jax.Array:
     """``unitwise_norm`` for a leaf whose axes are known to be valid."""
     axes = _unit_axes(jnp.shape(x)) if axis is None else axis
-    # on Explicit mesh axes, laid out as the leaf (a select with the leaf needs one layout)
-    layout = jax.typeof(x).sharding
-    out = layout if layout.mesh.explicit_axes else None
-    return jnp.broadcast_to(leaf_norm(x, axes or None, keepdims=True), jnp.shape(x), out_sharding=out)
+    # laid out as the leaf on Explicit mesh axes (a select with the leaf needs one layout)
+    norm = leaf_norm(x, axes or None, keepdims=True)
+    return jnp.broadcast_to(norm, jnp.shape(x), out_sharding=explicit_layout(x))
 
 
 def _rank_rule(shape: tuple) -> str:

@@ -443,12 +443,5 @@ def diagnostics_in(state: Any) -> dict[str, Any]:
             out[name] = found[0][1]
         else:
             for path, value in found:
-                out[".".join(_path_name(k) for k in path)] = value
+                out[".".join(_tree_utils.key_name(k) for k in path)] = value
     return out
-
-
-def _path_name(key: Any) -> str:
-    for attr in ("name", "key", "idx"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)

@@ -33,7 +33,7 @@ import numpy as np
 from gradtx.base import GradientTransformation, UpdateError
 from gradtx.clipping import set_to_zero
 from gradtx.transform import Field, Step, Transformation, declare, named, primitive, record_type, update_inner
-from gradtx.tree import is_placeholder
+from gradtx.tree import is_placeholder, key_name
 from gradtx.tree import map_params as tree_map_params
 
 __all__ = [
@@ -87,13 +87,6 @@ def _unbox(x: Any) -> Any:
     return x
 
 
-def _key_name(entry: Any) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(entry, attr):
-            return str(getattr(entry, attr))
-    return str(entry)
-
-
 def _show(path: Path) -> str:
     return f"'{'/'.join(path)}'" if path else "<root>"
 
@@ -110,7 +103,7 @@ def _children(node: Any) -> tuple[list[tuple[str, Any]], Any]:
     flat, treedef = jax.tree_util.tree_flatten_with_path(node, is_leaf=lambda x: x is not node)
     if treedef.num_nodes == 1 and treedef.num_leaves == 1:
         return [], None
-    return [(_key_name(path[0]), child) for path, child in flat], treedef
+    return [(key_name(path[0]), child) for path, child in flat], treedef
 
 
 class _At:
@@ -210,7 +203,7 @@ def _is_function(spec: Any) -> bool:
 def _entries(spec: Any) -> dict[Path, Any]:
     """A tree's values by leaf path (Variables unwrapped)."""
     flat, _ = jax.tree_util.tree_flatten_with_path(spec, is_leaf=_is_variable)
-    return {tuple(_key_name(k) for k in p): _unbox(x) for p, x in flat}
+    return {tuple(key_name(k) for k in p): _unbox(x) for p, x in flat}
 
 
 def _few(paths: Any, limit: int = 4) -> str:
@@ -264,7 +257,7 @@ def _value_tree(spec: Any, tree: Any, what: str) -> Any:
 def _values(cut_tree: Any) -> list[tuple[Path, Any]]:
     """``(path, value)`` for every ``_At`` of a cut tree."""
     flat = jax.tree_util.tree_flatten_with_path(cut_tree)[0]
-    return [(tuple(_key_name(k) for k in p), at.value) for p, at in flat]
+    return [(tuple(key_name(k) for k in p), at.value) for p, at in flat]
 
 
 def _static_values(spec: Any) -> list[tuple[str, Any]]:

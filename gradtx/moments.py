@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from gradtx import _tree
 from gradtx.combine import chain, fork
 from gradtx.hyperparams import AccumulatorDtype, Decay, DecayBelowOne, NonNegative, OneOf
-from gradtx.numerics import abs_sq, debias, ema, heavy_ball, plus_eps, real_dtype, safe_increment
+from gradtx.numerics import abs_sq, debias, ema, heavy_ball, plus_eps, safe_increment
 from gradtx.transform import Transformation, declare, primitive
 
 
@@ -77,12 +77,7 @@ def second_moment(
         nu = jax.tree.map(lambda g, n: ema(abs_sq(g), n, decay).astype(n.dtype), updates, state["nu"])
         return _tree.cast_real_like(nu, updates), {"nu": nu}
 
-    nu_dtype = None if accumulator_dtype is None else real_dtype(accumulator_dtype)
-
-    def init(params):
-        return _tree.cast(_tree.real_full_like(params, initial_scale), nu_dtype)
-
-    return primitive(apply, {"nu": init})
+    return primitive(apply, {"nu": lambda params: _tree.real_state(params, accumulator_dtype, initial_scale)})
 
 
 @declare
@@ -144,12 +139,7 @@ def running_max(*, accumulator_dtype: AccumulatorDtype = None) -> Transformation
         nu_max = jax.tree.map(lambda m, u: jnp.maximum(m, u).astype(m.dtype), state["nu_max"], updates)
         return _tree.cast_like(nu_max, updates), {"nu_max": nu_max}
 
-    nu_max_dtype = None if accumulator_dtype is None else real_dtype(accumulator_dtype)
-
-    def init(params):
-        return _tree.cast(_tree.real_full_like(params), nu_max_dtype)
-
-    return primitive(apply, {"nu_max": init})
+    return primitive(apply, {"nu_max": lambda params: _tree.real_state(params, accumulator_dtype)})
 
 
 @declare

@@ -7,6 +7,7 @@ squared magnitude or a saturating step count calls these; none writes them inlin
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -153,13 +154,22 @@ def tree_vdot(a, b) -> jax.Array:
     return jnp.real(sum(_leaf_vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))))
 
 
+def explicit_layout(x: jax.Array, *, replicated: bool = False) -> Any:
+    """The ``out_sharding`` to name for a result laid out like ``x`` (``replicated``: a
+    replicated value on ``x``'s mesh, ``P()``) where ``x`` lives on ``Explicit`` mesh axes,
+    on which an op whose result's layout cannot be inferred (a contraction over sharded
+    dimensions, a write of a differently laid out value, a broadcast meeting the leaf in a
+    select) must name it; ``None`` elsewhere (nothing to name, nothing changes)."""
+    sharding = jax.typeof(x).sharding
+    if not sharding.mesh.explicit_axes:
+        return None
+    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()) if replicated else sharding
+
+
 def _leaf_vdot(x: jax.Array, y: jax.Array) -> jax.Array:
     x = jnp.conj(x) if jnp.iscomplexobj(x) else x
-    # on Explicit mesh axes a contraction over sharded dimensions must name its result's
-    # layout: a replicated scalar (the partial sums all-reduced); elsewhere nothing changes
-    mesh = jax.typeof(x).sharding.mesh
-    mesh = mesh if mesh.explicit_axes else jax.typeof(y).sharding.mesh
-    out = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()) if mesh.explicit_axes else None
+    # a replicated scalar on Explicit mesh axes (the partial sums all-reduced)
+    out = explicit_layout(x, replicated=True) or explicit_layout(y, replicated=True)
     return jnp.tensordot(x, y, x.ndim, precision=jax.lax.Precision.HIGHEST, out_sharding=out)
 
 

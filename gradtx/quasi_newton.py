@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from gradtx.base import UpdateError
 from gradtx.hyperparams import Interval
-from gradtx.numerics import abs_sq, tree_add_scale, tree_vdot
+from gradtx.numerics import abs_sq, explicit_layout, tree_add_scale, tree_vdot
 from gradtx.scaling import global_norm
 from gradtx.transform import Field, Transformation, declare, primitive
 
@@ -82,14 +82,8 @@ def two_loop(updates, s_memory, y_memory, rhos, gamma, oldest: jax.Array):
 
 def _remember(memory, slot, pair):
     """``memory[slot] = pair`` on each stacked leaf, laid out as the memory (on Explicit mesh
-    axes the memory is replicated, ``state_sharding``'s rule, while the pair is sharded like
-    the params: the write says where its result lives)."""
-
-    def one(m, x):
-        layout = jax.typeof(m).sharding
-        return m.at[slot].set(x, out_sharding=layout if layout.mesh.explicit_axes else None)
-
-    return jax.tree.map(one, memory, pair)
+    axes the write names where its result lives: ``numerics.explicit_layout``)."""
+    return jax.tree.map(lambda m, x: m.at[slot].set(x, out_sharding=explicit_layout(m)), memory, pair)
 
 
 @declare

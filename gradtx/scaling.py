@@ -14,7 +14,7 @@ from gradtx.base import UpdateError, Updates
 from gradtx.combine import chain, fork, identity, renamed
 from gradtx.hyperparams import AccumulatorDtype, Decay, LearningRate, NonNegative, NonNegativeOrSchedule, Positive
 from gradtx.moments import bias_correct, scale_by_ema, second_moment
-from gradtx.numerics import abs_sq, ema, plus_eps, real_dtype, rsqrt_or_zero
+from gradtx.numerics import abs_sq, ema, plus_eps, rsqrt_or_zero
 from gradtx.transform import Transformation, declare, elementwise, primitive
 
 MaskOrFn = Optional[Union[Any, Callable[[Any], Any]]]
@@ -159,10 +159,8 @@ def scale_by_sum_of_squares(
         updates = jax.tree.map(lambda g, t: rsqrt_or_zero(t, eps).astype(g.dtype) * g, updates, s)
         return updates, {"sum_of_squares": s}
 
-    s_dtype = None if accumulator_dtype is None else real_dtype(accumulator_dtype)
-
     def init(params):
-        return _tree.cast(_tree.real_full_like(params, initial_accumulator_value), s_dtype)
+        return _tree.real_state(params, accumulator_dtype, initial_accumulator_value)
 
     return primitive(apply, {"sum_of_squares": init})
 
@@ -187,12 +185,7 @@ def scale_by_update_rms(
         e_x = jax.tree.map(lambda d, x: ema(abs_sq(d), x, decay).astype(x.dtype), deltas, state["e_x"])
         return _tree.cast_like(deltas, updates), {"e_x": e_x}
 
-    e_x_dtype = None if accumulator_dtype is None else real_dtype(accumulator_dtype)
-
-    def init(params):
-        return _tree.cast(_tree.real_full_like(params), e_x_dtype)
-
-    return primitive(apply, {"e_x": init})
+    return primitive(apply, {"e_x": lambda params: _tree.real_state(params, accumulator_dtype)})
 
 
 @declare

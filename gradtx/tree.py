@@ -72,6 +72,14 @@ def _key_of(entry: Any) -> Any:
     return None
 
 
+def key_name(entry: Any) -> str:
+    """A path entry as text: a dict key, an attribute's or a record field's name, an index."""
+    for attr in ("key", "name", "idx"):
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
+
+
 def _matches(key: Any, wanted: Any) -> bool:
     try:
         return bool(key == wanted)
