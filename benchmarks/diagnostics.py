@@ -13,9 +13,14 @@ them). Variants, each chained after ``gradtx.adam(1e-3)``:
 - ``+ training_diagnostics``: ``gradtx.training_diagnostics(reset_every=R)``, as the study
   chains it (``R``: the study's epoch, 8,000 training images over the batch);
 - ``+ the five chained``: ``update_norm``, ``update_ratio``, ``oscillation``,
-  ``update_cosine``, ``distance_travelled(reset_every=R)``, one after another.
+  ``update_cosine``, ``distance_travelled(reset_every=R)``, one after another;
+- ``..., k steps in n``: the same, observing only the last k steps of every n
+  (``gradtx.scan_observing(step, ..., every=n, observed=k)``, the other steps call
+  ``update(..., observe=False)``): the cost of recording every n-th step (k = 2: the
+  oscillation and the cosine compare consecutive updates).
 
-Steps, each a jitted ``lax.scan`` of S = 20 steps that returns ``gradtx.diagnostics_in``
+Steps, each a jitted ``lax.scan`` of S = 20 steps (``scan_observing`` for the observed
+variants) that returns ``gradtx.diagnostics_in``
 of every step (as the study's epoch does), params and state carried from call to call
 (donated), so that the reference point moves every R steps as in training:
 
@@ -26,12 +31,13 @@ Every candidate of a table runs once per round, in turn (``benchmarks.timing``):
 medians over rounds, in microseconds per step, and each variant's time over Adam's in
 the same round (median: the % over Adam). Kernels: the instructions XLA:CPU runs per step
 (the top-level instructions of the scan's loop body, fusions counted once; tuple
-plumbing and constants left out).
+plumbing and constants left out), for the variants that observe every step.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 import statistics
@@ -49,17 +55,33 @@ TRAIN_IMAGES = 8_000  # the study's training split (the shipped t10k files): R =
 CONFIGS = {"784-200-10, batch 64 (the study's)": (200, 64), "784-128-10, batch 128": (128, 128)}
 
 
-def variants(reset_every: int) -> dict[str, Callable[[], gradtx.GradientTransformation]]:
+def variants(reset_every: int) -> dict[str, tuple[Callable[[], gradtx.GradientTransformation], int, int]]:
+    """``{name: (make the transformation, every, observed)}``: the variant observes the last
+    ``observed`` steps of every block of ``every`` (``gradtx.scan_observing``); ``(1, 1)``:
+    every step, in a plain ``lax.scan``."""
+
     def adam() -> gradtx.GradientTransformation:
         return gradtx.adam(1e-3)
 
-    return {
-        "Adam": adam,
-        "+ update_norm": lambda: gradtx.chain(adam(), gradtx.update_norm()),
-        "+ training_diagnostics": lambda: gradtx.chain(adam(), gradtx.training_diagnostics(reset_every=reset_every)),
-        "+ the five chained": lambda: gradtx.chain(
+    def norm() -> gradtx.GradientTransformation:
+        return gradtx.chain(adam(), gradtx.update_norm())
+
+    def diagnostics() -> gradtx.GradientTransformation:
+        return gradtx.chain(adam(), gradtx.training_diagnostics(reset_every=reset_every))
+
+    def five() -> gradtx.GradientTransformation:
+        return gradtx.chain(
             adam(), gradtx.update_norm(), gradtx.update_ratio(), gradtx.oscillation(), gradtx.update_cosine(),
-            gradtx.distance_travelled(reset_every=reset_every)),
+            gradtx.distance_travelled(reset_every=reset_every))
+
+    return {
+        "Adam": (adam, 1, 1),
+        "+ update_norm": (norm, 1, 1),
+        "+ training_diagnostics": (diagnostics, 1, 1),
+        "+ the five chained": (five, 1, 1),
+        "+ update_norm, 1 step in 10": (norm, 10, 1),
+        "+ training_diagnostics, 2 steps in 10": (diagnostics, 10, 2),
+        "+ training_diagnostics, 2 steps in 20": (diagnostics, 20, 2),
     }
 
 
@@ -122,20 +144,22 @@ def candidates(hidden: int, batch: int) -> tuple[list[Candidate], dict[str, int]
     grad = jax.value_and_grad(loss)
     out, n_kernels = [], {}
     for kind in ("optimizer step", "training step"):
-        for variant, make in variants(reset_every).items():
+        for variant, (make, every, observed) in variants(reset_every).items():
             tx = make()
 
-            def step(carry, xs, tx=tx, kind=kind):
+            def step(carry, xs, observe, tx=tx, kind=kind):
                 p, s = carry
                 if kind == "training step":
                     value, g = grad(p, *xs)
                 else:
                     value, g = jnp.zeros(()), xs
-                u, s = tx.update(g, s, p)
+                u, s = tx.update(g, s, p, observe=observe)
                 return (gradtx.apply_updates(p, u), s), {"loss": value, **gradtx.diagnostics_in(s)}
 
-            def program(carry, xs, step=step):
-                return jax.lax.scan(step, carry, xs)
+            def program(carry, xs, step=step, every=every, observed=observed):
+                if every == 1:
+                    return jax.lax.scan(functools.partial(step, observe=True), carry, xs)
+                return gradtx.scan_observing(step, carry, xs, every=every, observed=observed)
 
             xs = (images, labels) if kind == "training step" else grads
             carry = (jax.tree.map(jnp.copy, params), tx.init(params))
@@ -159,7 +183,8 @@ def table(rounds: int) -> str:
                 us = 1e6 * c.median / STEPS
                 over = statistics.median(t / b for t, b in zip(c.times, base.times))
                 pct = "" if c is base else f" ({100 * (over - 1):+.0f}%)"
-                cells.append(f"{us:,.0f}{pct} [{n_kernels[c.name]}]")
+                every = variants(1)[variant][1]
+                cells.append(f"{us:,.0f}{pct}" + (f" [{n_kernels[c.name]}]" if every == 1 else ""))
             rows.append([label, kind, *cells])
     header = ["MLP", "step", *(f"{v}" for v in variants(1))]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]

@@ -34,6 +34,15 @@ The formulas, each written once here (``norm``, ``ratio``, ``inner``, ``flip_fra
   ``reset_every`` steps);
 - ``training_diagnostics``: the five at once, each leaf read once for all of them.
 
+Recording every step has a cost (on XLA:CPU the sums are loops of their own: see
+``docs/guides/sweeps.md``). To record some steps only, pass ``observe=False`` to
+``update`` on the others: the diagnostics then hand the updates on and keep their fields
+(the reference point still moves every ``reset_every`` steps), and a Python ``False``
+compiles to nothing, so the step is the optimizer's alone. ``scan_observing`` runs a scan
+that observes the last steps of every block of ``every`` (two consecutive ones, so that
+the oscillation and the cosine compare an update with the one before it);
+``observed_steps`` says which.
+
 The recorded values are in float32 (float64 for float64 params), whatever the params'
 precision; complex params give real values. ``diagnostics_in(state)`` collects them from
 any state (a chain's record, a wrapper's ``inner_state``, a sweep's batched state), so that
@@ -43,21 +52,25 @@ is measured by ``python -m benchmarks.diagnostics`` (``docs/guides/sweeps.md``).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Callable, Optional, Sequence
+import functools
+from typing import Annotated, Any, Callable, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gradtx import tree as _tree_utils
 from gradtx.base import UpdateError
 from gradtx.hyperparams import Integer
 from gradtx.numerics import abs_sq
-from gradtx.transform import Field, Transformation, declare, primitive
+from gradtx.transform import COUNT, Apply, Field, Transformation, declare, primitive
 
 __all__ = [
     "diagnostics_in",
     "distance_travelled",
+    "observed_steps",
     "oscillation",
+    "scan_observing",
     "training_diagnostics",
     "update_cosine",
     "update_norm",
@@ -176,13 +189,36 @@ def _params_of(step) -> Any:
     return step.params
 
 
+def _restarts(count: jax.Array, reset_every: int) -> jax.Array:
+    """Whether the reference point moves to the params at this step (``count``: the steps
+    taken before it): at the start of every ``reset_every`` steps."""
+    return count % reset_every == 0
+
+
 def _origin(params: Any, origin: Any, count: jax.Array, reset_every: Optional[int]) -> Any:
     """The reference point of this step: ``origin``, or ``params`` at the start of every
-    ``reset_every`` steps (``count``: the steps taken before this one)."""
+    ``reset_every`` steps (a select over the leaves, fused with the sums that read it)."""
     if reset_every is None:
         return origin
-    restart = count % reset_every == 0
+    restart = _restarts(count, reset_every)
     return jax.tree.map(lambda p, o: jnp.where(restart, jnp.asarray(p).astype(o.dtype), o), params, origin)
+
+
+def _moved_origin(reset_every: Optional[int]) -> Optional[Callable[[Mapping[str, Any], Any], dict[str, Any]]]:
+    """On an unobserved step the reference point still moves at the start of every
+    ``reset_every`` steps: a conditional copy of the params, run at those steps only."""
+    if reset_every is None:
+        return None
+
+    def move(state, step):
+        params, origin = _params_of(step), state["origin"]
+
+        def restart():
+            return jax.tree.map(lambda p, o: jnp.asarray(p).astype(o.dtype), params, origin)
+
+        return {"origin": jax.lax.cond(_restarts(step.count, reset_every), restart, lambda: origin)}
+
+    return move
 
 
 def _copy(params: Any) -> Any:
@@ -210,6 +246,146 @@ def _sign_dtype(dtype: Any) -> Any:
     return dtype if jnp.issubdtype(dtype, jnp.complexfloating) else jnp.int8
 
 
+# --- observing some steps only -----------------------------------------------------------------
+
+
+def _observe_flag(extra: Mapping[str, Any]) -> Any:
+    """``update(..., observe=...)``: a Python bool (True when not given), or a traced boolean
+    scalar (inside a ``lax.scan`` that computes it)."""
+    observe = extra.get("observe", True)
+    if isinstance(observe, (bool, np.bool_)):
+        return bool(observe)
+    if isinstance(observe, (jax.Array, np.ndarray)) and observe.shape == () and observe.dtype == np.bool_:
+        return observe if isinstance(observe, jax.core.Tracer) else bool(observe)
+    shown = f"{type(observe).__name__} {observe!r}"
+    raise UpdateError(f"observe must be a bool or a boolean scalar array, got {shown[:80]}")
+
+
+def _observing(apply: Apply, between: Optional[Callable[[Mapping[str, Any], Any], dict[str, Any]]] = None) -> Apply:
+    """``apply`` on the steps the caller observes (``update(..., observe=True)``, the
+    default). On the others the updates and the fields pass unchanged: a Python
+    ``observe=False`` compiles to nothing at all, so the optimizer's step is the one it
+    takes alone; ``between(state, step)`` gives the fields that move on every step all the
+    same (the reference point). A traced ``observe`` picks one of the two with
+    ``lax.cond``."""
+
+    def observed(updates, state, step):
+        observe = _observe_flag(step.extra)
+        if observe is True:
+            return apply(updates, state, step)
+
+        def unobserved():
+            kept = {name: value for name, value in state.items() if name != COUNT}
+            if between is None:
+                return updates, kept
+            moved = between(state, step)
+            # the step overwrites the params in place after ``between`` read them (else XLA
+            # copies them first, every step): ordered by one element of each moved leaf
+            (handed,) = _after([jnp.ravel(x)[:1] for x in jax.tree.leaves(moved)], updates)
+            return handed, {**kept, **moved}
+
+        if observe is False:
+            return unobserved()
+        return jax.lax.cond(observe, lambda: apply(updates, state, step), unobserved)
+
+    return observed
+
+
+def observed_steps(length: int, every: int, observed: int = 2) -> np.ndarray:
+    """Which of ``length`` steps ``scan_observing`` observes: a boolean array.
+
+    The steps are taken in blocks of ``every`` from the first (the last block may be
+    shorter); the last ``observed`` steps of each block are observed (all of a block
+    shorter than that), so the last step always is.
+    """
+    _check_every("observed_steps", every, observed)
+    if not isinstance(length, (int, np.integer)) or isinstance(length, bool) or length < 0:
+        raise ValueError(f"gradtx.observed_steps(length={length!r}): length must be an int >= 0")
+    i = np.arange(length)
+    block_end = np.minimum((i // every + 1) * every, length)
+    return block_end - i <= observed
+
+
+def _check_every(name: str, every: Any, observed: Any) -> None:
+    for arg, value in (("every", every), ("observed", observed)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"gradtx.{name}({arg}={value!r}): {arg} must be an int >= 1")
+    if observed > every:
+        raise ValueError(f"gradtx.{name}(observed={observed!r}): observed must be at most every ({every})")
+
+
+def scan_observing(
+    step: Callable[[Any, Any, bool], tuple[Any, Any]], init: Any, xs: Any, *, every: int, observed: int = 2
+) -> tuple[Any, Any]:
+    """``jax.lax.scan(step, init, xs)``, observing ``observed`` steps in every ``every``.
+
+    ``step(carry, x, observe)`` is the scan's body with one more argument, a Python bool to
+    pass on as ``opt.update(..., observe=observe)``: ``True`` on the last ``observed`` steps
+    of every block of ``every`` (``observed_steps``), ``False`` on the others. The
+    diagnostics record on the observed steps and do nothing at all on the others, so an
+    unobserved step compiles to the optimizer's step alone::
+
+        def step(carry, batch, observe):
+            params, state = carry
+            grads = jax.grad(loss)(params, batch)
+            updates, state = opt.update(grads, state, params, observe=observe)
+            return (gradtx.apply_updates(params, updates), state), gradtx.diagnostics_in(state)
+
+        carry, per_step = gradtx.scan_observing(step, (params, state), batches, every=10)
+        seen = gradtx.observed_steps(len(batches), every=10)  # the rows of per_step recorded
+
+    Two consecutive steps (``observed=2``, the default) let the oscillation and the cosine
+    compare an update with the one just before it; ``update_norm``, ``update_ratio`` and
+    ``distance_travelled`` need one. The distance's reference point moves every
+    ``reset_every`` steps whether they are observed or not. The step is traced once per
+    value of ``observe`` (twice more for a last, shorter block). Returns ``(carry, ys)`` as
+    ``lax.scan`` does, a row of ``ys`` for every step (on an unobserved step, what ``step``
+    returned then: the diagnostics' last recorded values).
+    """
+    _check_every("scan_observing", every, observed)
+    lengths = {jnp.shape(x)[0] if jnp.ndim(x) else None for x in jax.tree.leaves(xs)}
+    if not lengths or None in lengths or len(lengths) > 1:
+        shown = sorted(lengths, key=str) if lengths else "none"
+        raise ValueError(
+            f"gradtx.scan_observing(xs=...): xs must be arrays with one leading length (the steps), got {shown}"
+        )
+    length = int(next(iter(lengths)) or 0)
+    blocks, rest = divmod(length, every)
+
+    # the steps index into xs (one step's inputs at a time, as lax.scan reads them): slicing
+    # xs into blocks would copy them (13% of the MNIST step, python -m benchmarks.diagnostics)
+    def at(i: jax.Array) -> Any:
+        return jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False), xs)
+
+    def block(carry: Any, start: Any, size: int) -> tuple[Any, Any]:
+        plain = size - min(observed, size)
+        ys = []
+        for observe, lo, hi in ((False, 0, plain), (True, plain, size)):
+            if hi > lo:
+                carry, y = jax.lax.scan(
+                    functools.partial(_indexed, step, at, observe), carry, start + jnp.arange(lo, hi)
+                )
+                ys.append(y)
+        return carry, _concat(ys)
+
+    carry, ys = init, []
+    if blocks:
+        carry, y = jax.lax.scan(lambda c, start: block(c, start, every), carry, every * jnp.arange(blocks))
+        ys.append(jax.tree.map(lambda v: v.reshape(blocks * every, *v.shape[2:]), y))
+    if rest:
+        carry, y = block(carry, blocks * every, rest)
+        ys.append(y)
+    return carry, _concat(ys)
+
+
+def _indexed(step: Callable, at: Callable, observe: bool, carry: Any, i: jax.Array) -> tuple[Any, Any]:
+    return step(carry, at(i), observe)
+
+
+def _concat(parts: Sequence[Any]) -> Any:
+    return parts[0] if len(parts) == 1 else jax.tree.map(lambda *v: jnp.concatenate(v), *parts)
+
+
 # --- the transformations ------------------------------------------------------------------------
 
 
@@ -231,7 +407,7 @@ def update_norm(per_leaf: bool = False) -> Transformation:
         partials = [_sums(abs_sq(_wide(u))) for u in jax.tree.leaves(updates)]
         return updates, {"update_norm": _combine(per_leaf, updates, partials, norm, state["update_norm"])}
 
-    return primitive(apply, {"update_norm": _recorded(per_leaf)})
+    return primitive(_observing(apply), {"update_norm": _recorded(per_leaf)})
 
 
 @declare
@@ -255,7 +431,7 @@ def update_ratio(per_leaf: bool = False) -> Transformation:
         (updates,) = _after(value, updates)
         return updates, {"update_ratio": value}
 
-    return primitive(apply, {"update_ratio": _recorded(per_leaf)})
+    return primitive(_observing(apply), {"update_ratio": _recorded(per_leaf)})
 
 
 @declare
@@ -286,7 +462,8 @@ def oscillation(per_leaf: bool = False) -> Transformation:
     def init_signs(params):
         return jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), _sign_dtype(jnp.asarray(p).dtype)), params)
 
-    return primitive(apply, {"previous_sign": Field(init_signs, like_params=False), "oscillation": _recorded(per_leaf)})
+    fields = {"previous_sign": Field(init_signs, like_params=False), "oscillation": _recorded(per_leaf)}
+    return primitive(_observing(apply), fields)
 
 
 def _flips(dot: jax.Array) -> jax.Array:
@@ -324,7 +501,7 @@ def update_cosine(per_leaf: bool = False) -> Transformation:
         updates, kept = _after(value, updates, kept)
         return updates, {"previous_update": kept, "cosine": value}
 
-    return primitive(apply, {"previous_update": _zeros_like, "cosine": _recorded(per_leaf)})
+    return primitive(_observing(apply), {"previous_update": _zeros_like, "cosine": _recorded(per_leaf)})
 
 
 def _zeros_like(params: Any) -> Any:
@@ -360,7 +537,8 @@ def distance_travelled(per_leaf: bool = False, reset_every: Steps = None) -> Tra
         (updates,) = _after(value, updates)
         return updates, {"origin": origin, "distance": value}
 
-    return primitive(apply, {"origin": _copy, "distance": _recorded(per_leaf)}, uses_count=True)
+    fields: dict[str, Any] = {"origin": _copy, "distance": _recorded(per_leaf)}
+    return primitive(_observing(apply, _moved_origin(reset_every)), fields, uses_count=True)
 
 
 @declare
@@ -424,7 +602,7 @@ def training_diagnostics(per_leaf: bool = False, reset_every: Steps = None) -> T
 
     fields: dict[str, Any] = {"previous_update": _zeros_like, "origin": _copy}
     fields.update({name: _recorded(per_leaf) for name in RECORDED})
-    return primitive(apply, fields, uses_count=True)
+    return primitive(_observing(apply, _moved_origin(reset_every)), fields, uses_count=True)
 
 
 def diagnostics_in(state: Any) -> dict[str, Any]:

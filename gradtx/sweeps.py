@@ -296,11 +296,16 @@ def _batched(
         if params is not None:
             _leading(params, n, "params", label)
 
+        # arrays (``value=``: one per setting) are mapped; Python values (``observe=False``)
+        # are the same for every setting
+        mapped = {k: v for k, v in extra.items() if isinstance(v, (jax.Array, np.ndarray))}
+        fixed = {k: v for k, v in extra.items() if k not in mapped}
+
         def one(h, u, s, p, e):
-            return build(h).update(u, s, p, **e)
+            return build(h).update(u, s, p, **e, **fixed)
 
         axes = (0, 0, 0, None if params is None else 0, 0)
-        return traced(lambda: jax.vmap(one, in_axes=axes)(values(), updates, state, params, extra))
+        return traced(lambda: jax.vmap(one, in_axes=axes)(values(), updates, state, params, mapped))
 
     return GradientTransformation(init_fn, update_fn)
 

@@ -38,8 +38,12 @@ def _sq(x):
     return float(np.sum(np.abs(x) ** 2))
 
 
-def reference(name, params_seq, updates_seq, per_leaf, reset_every=None):
-    """What ``name`` records at each step, from the params before each step and its updates."""
+def reference(name, params_seq, updates_seq, per_leaf, reset_every=None, observed=None):
+    """What ``name`` records at each step, from the params before each step and its updates.
+
+    ``observed``: the steps observed (default all); an unobserved step keeps the last
+    recorded value, and "the previous update" is the last observed step's. The reference
+    point moves every ``reset_every`` steps, observed or not."""
     n_leaves = len(_leaves(params_seq[0]))
     origin = _leaves(params_seq[0])
     previous = [np.zeros_like(u) for u in _leaves(updates_seq[0])]
@@ -48,6 +52,9 @@ def reference(name, params_seq, updates_seq, per_leaf, reset_every=None):
         p, u = _leaves(params), _leaves(updates)
         if reset_every is not None and t % reset_every == 0:
             origin = p
+        if observed is not None and not observed[t]:
+            out.append(out[-1] if out else [0.0] * (n_leaves if per_leaf else 1))
+            continue
         parts = []
         for i in range(n_leaves):
             dot = np.real(u[i] * np.conj(previous[i]))
@@ -92,34 +99,38 @@ def inputs(dtype=jnp.float32):
     return seq, updates
 
 
-def recorded(cases, params_seq, updates_seq):
+def recorded(cases, params_seq, updates_seq, observe=None):
     """What each case's transformation records at each step: ``{case: array (steps, values)}``,
-    all run in one jitted program (the updates handed on must be the ones given, bit for bit)."""
+    all run in one jitted program (the updates handed on must be the ones given, bit for bit).
+    ``observe``: ``update(..., observe=...)`` at each step (Python bools, or traced booleans
+    when given as an array); default: not passed."""
 
     @jax.jit
-    def run(params_seq, updates_seq):
+    def run(params_seq, updates_seq, flags):
         out, handed = [], []
         for name, per_leaf, reset_every in cases:
             kwargs = {} if reset_every is None else dict(reset_every=reset_every)
             tx = getattr(gradtx, name)(per_leaf, **kwargs)
             state, values = tx.init(params_seq[0]), []
-            for params, updates in zip(params_seq, updates_seq):
-                new, state = tx.update(updates, state, params)
+            for t, (params, updates) in enumerate(zip(params_seq, updates_seq)):
+                extra = {} if observe is None else {"observe": flags[t] if flags is not None else observe[t]}
+                new, state = tx.update(updates, state, params, **extra)
                 handed.append(new)
                 values.append(jnp.stack(jax.tree.leaves(getattr(state, FIELD[name]))).astype(jnp.float32))
             out.append(jnp.stack(values))
         return out, handed
 
-    out, handed = run(params_seq, updates_seq)
+    traced = isinstance(observe, (np.ndarray, jax.Array))
+    out, handed = run(params_seq, updates_seq, jnp.asarray(observe) if traced else None)
     given = [u for _ in cases for u in updates_seq]
     for a, b in zip(jax.tree.leaves(handed), jax.tree.leaves(given), strict=True):
         assert np.asarray(a).tobytes() == np.asarray(b).tobytes(), "the updates handed on changed"
     return {case: np.asarray(v, np.float64) for case, v in zip(cases, out)}
 
 
-def agree(got, case, params_seq, updates_seq) -> bool:
+def agree(got, case, params_seq, updates_seq, observed=None) -> bool:
     name, per_leaf, reset_every = case
-    want = reference(FIELD[name], params_seq, updates_seq, per_leaf, reset_every)
+    want = reference(FIELD[name], params_seq, updates_seq, per_leaf, reset_every, observed)
     return got.shape == want.shape and np.allclose(got, want, rtol=RTOL, atol=RTOL * np.max(np.abs(want)) / 10)
 
 
@@ -330,3 +341,100 @@ def test_nan_and_inf_updates_are_handed_on_bit_for_bit(name):
     for handed in twice(updates, params):
         for a, b in zip(jax.tree.leaves(handed), jax.tree.leaves(updates), strict=True):
             assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+
+
+# --- observing some steps only -------------------------------------------------------------------
+
+# steps 0, 2 and 4 unobserved: the reference point moves at steps 0 and 2 (reset_every=2)
+# without being observed, the oscillation and the cosine at step 3 compare with step 1
+OBSERVED = np.array([False, True, False, True, False])
+OBSERVED_CASES = [*CASES, ("training_diagnostics", False, 2)]
+FIELD["training_diagnostics"] = "distance"  # (its other fields: the five chained, below)
+
+
+@pytest.mark.parametrize("traced", [False, True], ids=["python-bools", "traced"])
+def test_unobserved_steps_record_nothing_and_change_nothing(traced):
+    """Reference: ``reference(..., observed=...)`` (numpy float64, float32 rtol 1e-5): an
+    unobserved step keeps the values, the previous update is the last observed one, the
+    reference point moves every ``reset_every`` steps all the same; the updates handed
+    on are the input bit for bit (``recorded`` checks), with ``observe`` as Python bools
+    (nothing compiled on those steps) and as traced booleans (``lax.cond``)."""
+    params_seq, updates_seq = inputs()
+    observe = OBSERVED if traced else [bool(b) for b in OBSERVED]
+    got = recorded(OBSERVED_CASES, params_seq, updates_seq, observe)
+    assert [c for c in OBSERVED_CASES if not agree(got[c], c, params_seq, updates_seq, OBSERVED)] == []
+
+
+def test_an_origin_left_still_on_unobserved_steps_is_caught(monkeypatch):
+    """Mutant: the reference point not moved on unobserved steps must fail the reference."""
+    monkeypatch.setattr(diagnostics, "_moved_origin", lambda reset_every: None)
+    params_seq, updates_seq = inputs()
+    cases = [("distance_travelled", False, 2), ("training_diagnostics", False, 2)]
+    got = recorded(cases, params_seq, updates_seq, [bool(b) for b in OBSERVED])
+    assert [c for c in cases if agree(got[c], c, params_seq, updates_seq, OBSERVED)] == []
+
+
+def test_observed_steps_are_the_last_of_each_block():
+    """Reference: the blocks written out by hand."""
+    assert gradtx.observed_steps(11, 4).tolist() == [0, 0, 1, 1, 0, 0, 1, 1, 0, 1, 1]
+    assert gradtx.observed_steps(7, 3, observed=1).tolist() == [0, 0, 1, 0, 0, 1, 1]
+    assert gradtx.observed_steps(3, 10).tolist() == [0, 1, 1]
+    assert gradtx.observed_steps(4, 2, observed=2).all() and gradtx.observed_steps(0, 5).size == 0
+
+
+@pytest.mark.parametrize("length, every, observed", [(11, 4, 2), (12, 4, 2), (9, 3, 3), (3, 10, 2), (10, 5, 1)])
+def test_scan_observing_is_the_scan_with_those_steps_observed(length, every, observed):
+    """Reference: ``lax.scan`` of the same step with ``observe`` the traced booleans of
+    ``observed_steps`` (one program; the values at every step and the final params and
+    state equal, rtol 1e-6: two programs may contract a multiply-add differently)."""
+    opt = gradtx.chain(gradtx.adam(0.1), gradtx.training_diagnostics(per_leaf=True, reset_every=3))
+    params = random_tree(0, small=True)
+    xs = jax.tree.map(lambda *g: jnp.stack(g), *random_grads(1, length, small=True))
+
+    def step(carry, g, observe):
+        p, s = carry
+        u, s = opt.update(g, s, p, observe=observe)
+        return (gradtx.apply_updates(p, u), s), gradtx.diagnostics_in(s)
+
+    mask = gradtx.observed_steps(length, every, observed)
+    init = (params, opt.init(params))
+    got = jax.jit(lambda c, xs: gradtx.scan_observing(step, c, xs, every=every, observed=observed))(init, xs)
+    want = jax.jit(lambda c, xs: jax.lax.scan(lambda c, x: step(c, x[0], x[1]), c, (xs, jnp.asarray(mask))))(init, xs)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+
+
+def test_scan_observing_rejects_xs_without_one_length():
+    def step(c, x, observe):
+        return c, x
+
+    for xs in ({"a": jnp.ones(3), "b": jnp.ones(4)}, {}, jnp.ones(())):
+        with pytest.raises(ValueError, match=r"gradtx.scan_observing\(xs=...\): xs must be arrays with one leading"):
+            gradtx.scan_observing(step, 0.0, xs, every=2)
+
+
+NOT_BOOLEANS = ["yes", 1, jnp.ones(2, bool), jnp.asarray(1.0)]
+
+
+@pytest.mark.parametrize("observe", NOT_BOOLEANS, ids=["str", "int", "vector", "float"])
+def test_observe_must_be_a_boolean(observe):
+    params = {"w": jnp.ones(2)}
+    tx = gradtx.chain(gradtx.sgd(0.1), gradtx.update_norm())
+    message = r"gradtx.chain > update_norm: observe must be a bool or a boolean scalar array, got "
+    with pytest.raises(gradtx.UpdateError, match=message):
+        tx.update(params, tx.init(params), params, observe=observe)
+
+
+def test_a_sweep_passes_observe_to_every_setting():
+    """``observe=False`` reaches every setting of a sweep (a Python value, not mapped): the
+    norms stay 0; ``observe=True`` records one per setting."""
+    sweep = gradtx.sweep(lambda learning_rate: gradtx.chain(gradtx.sgd(learning_rate), gradtx.update_norm()),
+                         {"learning_rate": [0.1, 1.0]})
+    params = {"w": jnp.ones((2, 2))}
+    (group,) = sweep.groups
+    state = group.tx.init(group.replicate(params))
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 3.0), group.replicate(params))
+    _, unobserved = group.tx.update(grads, state, group.replicate(params), observe=False)
+    _, seen = group.tx.update(grads, state, group.replicate(params), observe=True)
+    assert np.asarray(gradtx.diagnostics_in(unobserved)["update_norm"]).tolist() == [0.0, 0.0]
+    np.testing.assert_allclose(gradtx.diagnostics_in(seen)["update_norm"], [0.6, 6.0], rtol=1e-6)

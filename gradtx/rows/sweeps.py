@@ -69,6 +69,28 @@ ROWS: list[Entry] = [
         "lax.scan step by step (tests/test_diagnostics.py)",
     ),
     Entry(
+        "scan_observing",
+        "utility",
+        _DIAGNOSTICS,
+        reference="lax.scan of the same step with observe = observed_steps(...) given as traced booleans, "
+        "step by step (rtol 1e-6), lengths a multiple of every or not; unobserved steps hand the updates on "
+        "bit for bit (tests/test_diagnostics.py)",
+        bad=(
+            bad_args(message="every must be an int >= 1", step=None, init=None, xs=None, every=0),
+            bad_args(message="observed must be at most every (2)", step=None, init=None, xs=None, every=2, observed=3),
+        ),
+    ),
+    Entry(
+        "observed_steps",
+        "utility",
+        _DIAGNOSTICS,
+        reference="the blocks written out by hand (tests/test_diagnostics.py)",
+        bad=(
+            bad_args(message="length must be an int >= 0", length=-1, every=2),
+            bad_args(message="observed must be an int >= 1", length=4, every=2, observed=0),
+        ),
+    ),
+    Entry(
         "sweep",
         "utility",
         _SWEEPS,
