@@ -63,26 +63,42 @@ def variants(reset_every: int) -> dict[str, tuple[Callable[[], gradtx.GradientTr
     def adam() -> gradtx.GradientTransformation:
         return gradtx.adam(1e-3)
 
-    def norm() -> gradtx.GradientTransformation:
-        return gradtx.chain(adam(), gradtx.update_norm())
+    def watched(*diagnostics: Callable[[], gradtx.GradientTransformation]) -> Callable[[], Any]:
+        return lambda: gradtx.chain(adam(), *(make() for make in diagnostics))
+
+    def distance() -> gradtx.GradientTransformation:
+        return gradtx.distance_travelled(reset_every=reset_every)
 
     def diagnostics() -> gradtx.GradientTransformation:
-        return gradtx.chain(adam(), gradtx.training_diagnostics(reset_every=reset_every))
+        return gradtx.training_diagnostics(reset_every=reset_every)
 
-    def five() -> gradtx.GradientTransformation:
-        return gradtx.chain(
-            adam(), gradtx.update_norm(), gradtx.update_ratio(), gradtx.oscillation(), gradtx.update_cosine(),
-            gradtx.distance_travelled(reset_every=reset_every))
-
+    five = (gradtx.update_norm, gradtx.update_ratio, gradtx.oscillation, gradtx.update_cosine, distance)
     return {
         "Adam": (adam, 1, 1),
-        "+ update_norm": (norm, 1, 1),
-        "+ training_diagnostics": (diagnostics, 1, 1),
-        "+ the five chained": (five, 1, 1),
-        "+ update_norm, 1 step in 10": (norm, 10, 1),
-        "+ training_diagnostics, 2 steps in 10": (diagnostics, 10, 2),
-        "+ training_diagnostics, 2 steps in 20": (diagnostics, 20, 2),
+        "+ update_norm": (watched(gradtx.update_norm), 1, 1),
+        "+ training_diagnostics": (watched(diagnostics), 1, 1),
+        "+ the five chained": (watched(*five), 1, 1),
+        "+ update_norm, 1 step in 10": (watched(gradtx.update_norm), 10, 1),
+        "+ training_diagnostics, 2 steps in 10": (watched(diagnostics), 10, 2),
+        "+ training_diagnostics, 2 steps in 20": (watched(diagnostics), 20, 2),
+        "+ update_ratio": (watched(gradtx.update_ratio), 1, 1),
+        "+ oscillation": (watched(gradtx.oscillation), 1, 1),
+        "+ update_cosine": (watched(gradtx.update_cosine), 1, 1),
+        "+ distance_travelled": (watched(distance), 1, 1),
     }
+
+
+# the tables printed: their variants (each beside Adam, all timed in the same rounds)
+TABLES = {
+    "Every step": ["+ update_norm", "+ training_diagnostics", "+ the five chained"],
+    "Some steps (gradtx.scan_observing)": [
+        "+ update_norm, 1 step in 10",
+        "+ training_diagnostics, 2 steps in 10",
+        "+ training_diagnostics, 2 steps in 20",
+    ],
+    "Each of the others alone, every step": [
+        "+ update_ratio", "+ oscillation", "+ update_cosine", "+ distance_travelled"],
+}
 
 
 def mlp(hidden: int) -> tuple[Any, Any]:
@@ -169,26 +185,29 @@ def candidates(hidden: int, batch: int) -> tuple[list[Candidate], dict[str, int]
     return out, n_kernels
 
 
-def table(rounds: int) -> str:
-    rows = []
+def tables(rounds: int) -> dict[str, str]:
+    cells: dict[tuple[str, str], dict[str, str]] = {}
     for label, (hidden, batch) in CONFIGS.items():
         cands, n_kernels = candidates(hidden, batch)
         interleave(cands, rounds, warmup=3, too_slow_s=float("inf"))
         by = {c.name: c for c in cands}
         for kind in ("optimizer step", "training step"):
             base = by[f"{kind} / Adam"]
-            cells = []
-            for variant in variants(1):
+            row = cells.setdefault((label, kind), {})
+            for variant, (_, every, _) in variants(1).items():
                 c = by[f"{kind} / {variant}"]
                 us = 1e6 * c.median / STEPS
                 over = statistics.median(t / b for t, b in zip(c.times, base.times))
                 pct = "" if c is base else f" ({100 * (over - 1):+.0f}%)"
-                every = variants(1)[variant][1]
-                cells.append(f"{us:,.0f}{pct}" + (f" [{n_kernels[c.name]}]" if every == 1 else ""))
-            rows.append([label, kind, *cells])
-    header = ["MLP", "step", *(f"{v}" for v in variants(1))]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(str(v) for v in row) + " |" for row in rows])
+                row[variant] = f"{us:,.0f}{pct}" + (f" [{n_kernels[c.name]}]" if every == 1 else "")
+    out = {}
+    for title, names in TABLES.items():
+        header = ["MLP", "step", "Adam", *names]
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        for (label, kind), row in cells.items():
+            lines.append("| " + " | ".join([label, kind, row["Adam"], *(row[n] for n in names)]) + " |")
+        out[title] = "\n".join(lines)
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -198,11 +217,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     rounds = args.rounds or (30 if args.quick else 150)
     t0, load = time.perf_counter(), os.getloadavg()[0]
-    text = table(rounds)
+    out = tables(rounds)
     print(f"\n### Diagnostics on the MNIST MLP: Adam, {STEPS}-step jitted lax.scan, {rounds} interleaved rounds, "
           f"medians ({jax.default_backend()}, sibling fusion: {gradtx.fuses_sibling_outputs()})\n")
-    print("Microseconds per step (% over Adam in the same rounds, median) [kernels per step].\n")
-    print(text)
+    print("Microseconds per step (% over Adam in the same rounds, median) [kernels per step].")
+    for title, text in out.items():
+        print(f"\n#### {title}\n\n{text}")
     print(f"\n({time.perf_counter() - t0:.0f} s; load average {load:.1f} at the start, {os.getloadavg()[0]:.1f} at "
           f"the end, {os.cpu_count()} CPUs)")
 

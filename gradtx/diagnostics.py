@@ -62,7 +62,7 @@ import numpy as np
 from gradtx import tree as _tree_utils
 from gradtx.base import UpdateError
 from gradtx.hyperparams import Integer
-from gradtx.numerics import abs_sq
+from gradtx.numerics import abs_sq, explicit_layout
 from gradtx.transform import COUNT, Apply, Field, Transformation, declare, primitive
 
 __all__ = [
@@ -136,13 +136,23 @@ def _real_wide(dtype: Any) -> Any:
 
 
 def _sums(*terms: jax.Array) -> tuple[jax.Array, ...]:
-    """Each term summed over all its elements, one single-output reduction per term.
+    """Each term summed over all its elements, one single-output reduction per term (a
+    variadic reduce, all the terms in one pass, runs element by element on XLA:CPU and
+    cost more on the MNIST MLP for all it reads each leaf once)."""
+    return tuple(_total(t) for t in terms)
 
-    XLA:CPU vectorizes a single-output sum and fuses its elementwise producer into it; a
-    variadic reduce (all the terms in one pass) runs element by element, and cost more
-    on the MNIST MLP (``python -m benchmarks.diagnostics``) for all it reads each leaf once.
-    """
-    return tuple(jnp.sum(t) for t in terms)
+
+def _total(t: jax.Array) -> jax.Array:
+    """``sum(t)``. On XLA:CPU a term of two or more axes is summed as a matrix-vector
+    product with ones (rows of its last axis), then the rows: XLA:CPU compiles the product
+    into one loop with the elementwise work that makes the term, where a reduction reads
+    the term from memory after a loop of its own wrote it (``update_norm``: 29% -> 11% of
+    the study MLP's training step, ``python -m benchmarks.diagnostics``). Other backends
+    fuse reductions with their producers already: a plain sum there."""
+    if t.ndim < 2 or t.size == 0 or jax.default_backend() != "cpu" or explicit_layout(t) is not None:
+        return jnp.sum(t)  # (on Explicit mesh axes the reshape would have to name its layout)
+    rows = t.reshape(-1, t.shape[-1])
+    return jnp.sum(jnp.matmul(rows, jnp.ones(t.shape[-1], t.dtype), precision=jax.lax.Precision.HIGHEST))
 
 
 def _size(x: Any) -> jax.Array:
@@ -280,8 +290,11 @@ def _observing(apply: Apply, between: Optional[Callable[[Mapping[str, Any], Any]
                 return updates, kept
             moved = between(state, step)
             # the step overwrites the params in place after ``between`` read them (else XLA
-            # copies them first, every step): ordered by one element of each moved leaf
-            (handed,) = _after([jnp.ravel(x)[:1] for x in jax.tree.leaves(moved)], updates)
+            # copies them first, every step): ordered by one element of each moved leaf (not
+            # on Explicit mesh axes, where slicing a sharded leaf must name its layout: there
+            # XLA may copy, the values are the same)
+            firsts = [jnp.ravel(x)[:1] for x in jax.tree.leaves(moved) if explicit_layout(x) is None]
+            (handed,) = _after(firsts, updates)
             return handed, {**kept, **moved}
 
         if observe is False:
@@ -569,10 +582,8 @@ def training_diagnostics(per_leaf: bool = False, reset_every: Steps = None) -> T
         for u, p, v, o in zip(*(jax.tree.leaves(t) for t in trees)):
             uw, pw = _wide(u), _wide(p)
             vw = _wide(v)
-            # the flips from inner(v, u), the same real numbers as inner(u, v): written so,
-            # XLA:CPU fuses the training step better (about 10 points of its time less on
-            # the MNIST MLP, python -m benchmarks.diagnostics)
-            dot, flips = inner(uw, vw), _flips(inner(vw, uw))
+            dot = inner(uw, vw)
+            flips = _flips(dot)
             terms = (abs_sq(uw), abs_sq(pw), dot, flips, abs_sq(displacement(pw, uw, _wide(o))))
             partials.append((*_sums(*terms), _size(u)))
         # |u_prev|^2 is the square of the norm recorded at the previous step (one sum fewer)

@@ -15,6 +15,7 @@ Cases:
   ``ShapeDtypeStruct``\\ s, ``jax.jit(tx.init, out_shardings=state_sharding(...))``, the
   eager init's params-shaped fields, two jitted steps with in/out shardings that keep
   every state leaf's sharding, and the numbers of a single-device run (float32 rtol 1e-5).
+- ``diagnostics``: ``training_diagnostics`` with some steps unobserved, against one device.
 - ``zero1``: ``zero1`` and FSDP on an 8-device data axis against the unsharded optimizer
   (float32 rtol 1e-5), per-device state bytes 1/8, the collectives in the compiled step.
 """
@@ -464,7 +465,40 @@ def region_case() -> dict[str, Any]:
     return results
 
 
-CASES = {"registry": registry_case, "zero1": zero1_case, "region": region_case}
+def diagnostics_case() -> dict[str, Any]:
+    """``chain(adam, training_diagnostics(per_leaf=True, reset_every=2))`` on the 2 x 4 mesh,
+    under ``Auto`` and ``Explicit`` axes, with the middle of three jitted steps unobserved
+    (``observe=False``: the reference point still moves): the recorded values, params and
+    state against the same steps on one device (float32 rtol 1e-5)."""
+    tx = gradtx.chain(gradtx.adam(0.1), gradtx.training_diagnostics(per_leaf=True, reset_every=2))
+    params0 = _values(0)
+    grads = [_values(s) for s in (1, 2, 3)]
+
+    def run(params, shard):
+        state = tx.init(params)
+        step = jax.jit(lambda g, s, p, observe: tx.update(g, s, p, observe=observe), static_argnums=3)
+        for t, g in enumerate(grads):
+            u, state = step(shard(g), state, params, t != 1)
+            params = gradtx.apply_updates(params, u)
+        return params, state
+
+    device = jax.devices()[0]
+    want = run(jax.device_put(params0, device), lambda g: jax.device_put(g, device))
+    results: dict[str, Any] = {}
+    for axis_type in (AxisType.Explicit, AxisType.Auto):
+        mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(axis_type,) * 2)
+        shardings = {k: NamedSharding(mesh, P(*axes)) for k, (_, axes) in LEAVES.items()}
+
+        def sharded(mesh=mesh, shardings=shardings):
+            with jax.set_mesh(mesh):
+                got = run(jax.device_put(params0, shardings), lambda g: jax.device_put(g, shardings))
+            assert_close(got, want, "params and state")
+
+        _check(results, f"{axis_type.name}|observe some steps", sharded)
+    return results
+
+
+CASES = {"registry": registry_case, "zero1": zero1_case, "region": region_case, "diagnostics": diagnostics_case}
 
 
 def run_case(name: str) -> dict[str, Any]:

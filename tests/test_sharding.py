@@ -63,7 +63,7 @@ def eight_devices() -> dict:
     # the worker adds the 8 devices to this process's flags (conftest's compile flag kept)
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     run = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "sharding_worker.py"), "registry", "zero1", "region"],
+        [sys.executable, str(ROOT / "tests" / "sharding_worker.py"), "registry", "zero1", "region", "diagnostics"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
     )
     assert run.returncode == 0, run.stderr[-3000:]
@@ -145,6 +145,14 @@ def test_matrix_region_runs_matrix_math_on_explicit_axes(eight_devices):
     _passed(results, "Explicit|bare", "Explicit|region eager", "Explicit|region jitted", "Auto|no-op")
     assert results["Explicit|bare error"] == "ShardingTypeError"
     assert results["Auto|same jaxpr"] is True
+
+
+def test_diagnostics_observe_some_steps_on_8_devices(eight_devices):
+    """Reference: the same three steps on one device (float32 rtol 1e-5), the middle one
+    unobserved (``observe=False``: the reference point moves without a sum; on Explicit
+    axes without the ordering select, whose slice would have to name its layout), under
+    Auto and Explicit axes."""
+    _passed(eight_devices["diagnostics"], "Explicit|observe some steps", "Auto|observe some steps")
 
 
 def test_matrix_region_is_the_function_without_a_mesh():
