@@ -130,6 +130,39 @@ def test_float16_zero_gradients_are_nan_in_optax_and_in_the_naive_formula(name):
         assert not all_finite(mutant_params)
 
 
+# optimizers whose float16 runs went NaN for a reason other than eps rounding to 0: COCOB's
+# starting L (eps = 1e-8 became 0; its bet divides by L^2 alpha, which underflows float16
+# even at L = 2^-14) and Fromage's trust ratio (||p|| / 1e-6 overflows float16, times a zero
+# gradient)
+RANGE_USERS = {
+    "cocob": (lambda: gradtx.cocob(), lambda: optax.contrib.cocob()),
+    "fromage": (lambda: gradtx.fromage(0.1), lambda: optax.fromage(0.1)),
+}
+
+
+@pytest.mark.parametrize("zero", [True, False], ids=["zero-gradients", "small-gradients"])
+@pytest.mark.parametrize("name", sorted(RANGE_USERS))
+def test_float16_runs_follow_the_float32_run(name, zero):
+    """Reference: the same 100 steps on the float32 copy of the params (rtol 1e-2: float16's
+    rounding of the params at each step), with zero gradients and with gradients of 1e-3:
+    the float16 run is finite and follows it; its state stays float16. optax 0.2.8's COCOB
+    and Fromage give NaN on the zero-gradient run (the negative control)."""
+    make, make_optax = RANGE_USERS[name]
+    rng = np.random.default_rng(0)
+    grads = jax.tree.map(lambda p: jnp.asarray((0 if zero else 1e-3) * rng.normal(size=(100, *p.shape)), F32),
+                         F16_PARAMS)
+    params16, state16, _, _ = scan_run(make(), F16_PARAMS, jax.tree.map(lambda g: g.astype(F16), grads))
+    params32, _, _, _ = scan_run(make(), jax.tree.map(lambda p: p.astype(F32), F16_PARAMS), grads)
+    assert all_finite(params16) and all_finite(state16)
+    for got, want in zip(jax.tree.leaves(params16), jax.tree.leaves(params32)):
+        assert got.dtype == F16
+        np.testing.assert_allclose(f64(got), f64(want), rtol=1e-2, atol=1e-3)
+    assert {x.dtype for x in jax.tree.leaves(state16) if jnp.issubdtype(x.dtype, jnp.floating)} <= {jnp.dtype(F16)}
+    if zero:
+        optax_params, *_ = zero_gradient_run(make_optax(), optax.apply_updates)
+        assert not all_finite(optax_params)
+
+
 @pytest.mark.parametrize("dtype", [F16, BF16, F32, "float64"])
 def test_the_eps_rule(dtype):
     """Reference: the rule itself, ``x + max(eps, tiny)`` for ``eps > 0`` (``x + 0`` for
