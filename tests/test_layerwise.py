@@ -302,17 +302,25 @@ def test_lars_trust_ratio_closed_form():
     np.testing.assert_array_equal(out["c"], 1.0)
 
 
-def test_packed_and_tree_trust_ratio_agree():
+@pytest.mark.parametrize("dtype, rtol", [(jnp.float32, 1e-6), (jnp.float16, 1e-3)])
+def test_packed_and_tree_trust_ratio_agree(dtype, rtol):
     """Reference: ``gradtx.scale_by_trust_ratio`` on the tree; ``Packing.scale_by_trust_ratio``
     calls the same formula (``gradtx.layerwise.trust_ratio``) on the packed layout: equal
-    to rtol 1e-6, with ``min_norm``, ``trust_coefficient`` and ``eps`` all set."""
-    kw = dict(min_norm=0.5, trust_coefficient=0.3, eps=1e-3)
-    packing = gradtx.Packing(PARAMS)
-    tree_tx = gradtx.scale_by_trust_ratio(**kw)
-    tree_out, _ = tree_tx.update(GRADS[0], tree_tx.init(PARAMS), PARAMS)
-    packed_tx = packing.scale_by_trust_ratio(**kw)
-    packed_out, _ = packed_tx.update(packing.pack(GRADS[0]), packed_tx.init(None), packing.pack(PARAMS))
-    assert_trees_close(packing.unpack(packed_out), tree_out, 1e-6)
+    to rtol 1e-6 (float16: 1e-3, both computed in float32 and rounded once), with
+    ``min_norm``, ``trust_coefficient`` and ``eps`` all set. In float16 with Fromage's
+    ``min_norm`` (1e-6) a zero update stays 0 on both layouts (in float16 arithmetic
+    ``||p|| / 1e-6`` overflows and ``inf * 0`` is NaN)."""
+    params, grads = (jax.tree.map(lambda x: x.astype(dtype), t) for t in (PARAMS, GRADS[0]))
+    packing = gradtx.Packing(params)
+    for kw, g in ((dict(min_norm=0.5, trust_coefficient=0.3, eps=1e-3), grads),
+                  (dict(min_norm=1e-6), jax.tree.map(jnp.zeros_like, grads))):
+        tree_tx = gradtx.scale_by_trust_ratio(**kw)
+        tree_out, _ = tree_tx.update(g, tree_tx.init(params), params)
+        packed_tx = packing.scale_by_trust_ratio(**kw)
+        packed_out, _ = packed_tx.update(packing.pack(g), packed_tx.init(None), packing.pack(params))
+        assert all(x.dtype == dtype for x in jax.tree.leaves(packing.unpack(packed_out)))
+        assert_trees_close(packing.unpack(packed_out), tree_out, rtol)
+    assert all(bool(jnp.all(x == 0)) for x in jax.tree.leaves(packing.unpack(packed_out)) + jax.tree.leaves(tree_out))
 
 
 def test_signum_first_steps_closed_form():

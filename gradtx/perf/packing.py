@@ -34,7 +34,7 @@ import numpy as np
 
 from gradtx.base import GradientTransformation, UpdateError
 from gradtx.layerwise import trust_ratio
-from gradtx.numerics import abs_sq
+from gradtx.numerics import abs_sq, range_safe_dtype
 from gradtx.transform import Stage, Transformation, finish, named, primitive, stage_of, view
 
 Packed = dict  # {dtype name: 1-D array}
@@ -200,10 +200,12 @@ class Packing:
             params = step.params
             if params is None:
                 raise UpdateError("update() needs params (call update(updates, state, params))")
-            p_norm = self.leaf_norms(params)
-            u_norm = self.leaf_norms(updates)
+            # in float32 for a float16 buffer, as on the tree (``scale_by_trust_ratio``)
+            wide = {g: range_safe_dtype(u.dtype) for g, u in updates.items()}
+            p_norm = self.leaf_norms({g: params[g].astype(wide[g]) for g in updates})
+            u_norm = self.leaf_norms({g: u.astype(wide[g]) for g, u in updates.items()})
             ratio = {g: trust_ratio(p_norm[g], u_norm[g], min_norm, trust_coefficient, eps) for g in updates}
             scale = self.broadcast(ratio)
-            return {g: u * scale[g].astype(u.dtype) for g, u in updates.items()}, {}
+            return {g: (u.astype(wide[g]) * scale[g].astype(wide[g])).astype(u.dtype) for g, u in updates.items()}, {}
 
         return named("Packing.scale_by_trust_ratio", primitive(apply))
