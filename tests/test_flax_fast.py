@@ -193,6 +193,34 @@ def test_nnx_update_returns_the_plain_updates(jitted, form):
     assert_close_in_ulps(updates[0], updates[1], 0)
 
 
+@pytest.mark.parametrize("form", ["one-loop form", "plain fallback"], indirect=True)
+def test_diagnostics_observe_some_steps_through_the_optimizer(form):
+    """Reference: flax's nnx.Optimizer with the same transformation and the same
+    ``observe=`` keyword (it passes keywords to ``tx.update`` too): after four jitted steps,
+    the middle two unobserved, params and state within the one-loop form's ulps; the
+    recorded norm is held on the unobserved steps."""
+    xs, ys = batches(4)
+    observe = (True, False, False, True)
+    results = []
+    for cls in (Optimizer, nnx.Optimizer):
+        model = NnxMLP(nnx.Rngs(0))
+        tx = gradtx.chain(gradtx.adam(0.01), gradtx.training_diagnostics(reset_every=2))
+        optimizer = cls(model, tx, wrt=nnx.Param)
+
+        @nnx.jit(static_argnames="observe")
+        def train_step(model, optimizer, x, y, observe):
+            grads = nnx.grad(lambda m: cross_entropy(m(x), y))(model)
+            optimizer.update(model, grads, observe=observe)
+
+        norms = []
+        for x, y, o in zip(xs, ys, observe):
+            train_step(model, optimizer, x, y, observe=o)
+            norms.append(float(gradtx.diagnostics_in(nnx.as_pure(optimizer.opt_state))["update_norm"]))
+        assert norms[1] == norms[2] == norms[0] != norms[3]
+        results.append(nnx.as_pure(nnx.state((model, optimizer))))
+    assert_close_in_ulps(results[0], results[1], ulps_after("adam", form, 4))
+
+
 @pytest.mark.parametrize("form", ["one-loop form"], indirect=True)
 def test_zero_gradients_on_the_first_step(form):
     """Reference: nnx.Optimizer; all-zero gradients (Adam's 0 / (0 + eps) step): params

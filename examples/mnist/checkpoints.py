@@ -127,4 +127,9 @@ def hold_if_asked(epoch: int, epochs: int) -> None:
     """Fault injection (``GRADTX_MNIST_HOLD_EPOCH``): wait in epoch ``epoch`` for a signal."""
     if os.environ.get(HOLD_ENV) == str(epoch):
         print(f"epoch {epoch}/{epochs}: in progress, holding", flush=True)
-        time.sleep(60)
+        # short sleeps: a SIGTERM that the kernel hands to another thread (XLA's) only sets
+        # a flag that the main thread reads between sleeps; one long sleep would run out
+        # first (the test's 60 s wait did, once, on a loaded machine)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
