@@ -211,7 +211,12 @@ def _origin(params: Any, origin: Any, count: jax.Array, reset_every: Optional[in
     if reset_every is None:
         return origin
     restart = _restarts(count, reset_every)
-    return jax.tree.map(lambda p, o: jnp.where(restart, jnp.asarray(p).astype(o.dtype), o), params, origin)
+    return jax.tree.map(lambda p, o: jnp.where(restart, p, o), _as_origin(params, origin), origin)
+
+
+def _as_origin(params: Any, origin: Any) -> Any:
+    """The params as a reference point: in the dtypes of ``origin``."""
+    return jax.tree.map(lambda p, o: jnp.asarray(p).astype(o.dtype), params, origin)
 
 
 def _moved_origin(reset_every: Optional[int]) -> Optional[Callable[[Mapping[str, Any], Any], dict[str, Any]]]:
@@ -222,11 +227,8 @@ def _moved_origin(reset_every: Optional[int]) -> Optional[Callable[[Mapping[str,
 
     def move(state, step):
         params, origin = _params_of(step), state["origin"]
-
-        def restart():
-            return jax.tree.map(lambda p, o: jnp.asarray(p).astype(o.dtype), params, origin)
-
-        return {"origin": jax.lax.cond(_restarts(step.count, reset_every), restart, lambda: origin)}
+        restart = _restarts(step.count, reset_every)
+        return {"origin": jax.lax.cond(restart, lambda: _as_origin(params, origin), lambda: origin)}
 
     return move
 

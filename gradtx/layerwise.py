@@ -8,6 +8,7 @@ tree primitives here and the packed layout (``Packing.scale_by_trust_ratio``) ca
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Optional
 
 import jax
@@ -18,7 +19,7 @@ from gradtx.base import UpdateError
 from gradtx.combine import chain, fork, identity, renamed
 from gradtx.hyperparams import AccumulatorDtype, Decay, NonNegative, NonNegativeOrSchedule
 from gradtx.moments import trace
-from gradtx.numerics import abs_sq, ema, leaf_norm, plus_eps, range_safe_dtype, real_dtype
+from gradtx.numerics import abs_sq, ema, in_range_safe_dtype, leaf_norm, plus_eps, real_dtype
 from gradtx.scaling import MaskOrFn, add_decayed_weights, sqrt_eps
 from gradtx.transform import Field, Transformation, declare, primitive
 
@@ -61,13 +62,13 @@ def scale_by_trust_ratio(
 
     def apply(updates, state, step):
         def scaled(u, p):
-            # in float32 for float16 leaves: a norm of a few hundred elements overflows
-            # float16, and ||p|| / min_norm (1e-6) does
-            wide = range_safe_dtype(u.dtype)
-            ratio = trust_ratio(leaf_norm(p.astype(wide)), leaf_norm(u.astype(wide)), min_norm, trust_coefficient, eps)
-            return (u.astype(wide) * ratio.astype(real_dtype(wide))).astype(u.dtype)
+            ratio = trust_ratio(leaf_norm(p), leaf_norm(u), min_norm, trust_coefficient, eps)
+            return u * ratio.astype(real_dtype(u.dtype))
 
-        return jax.tree.map(scaled, updates, _params_of(step)), {}
+        # in float32 for float16 leaves: a norm of a few hundred elements overflows float16,
+        # and ||p|| / min_norm (1e-6) does
+        safe = functools.partial(in_range_safe_dtype, scaled)
+        return jax.tree.map(safe, updates, _params_of(step)), {}
 
     return primitive(apply)
 

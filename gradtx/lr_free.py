@@ -17,6 +17,7 @@ chain them with the shared primitives (weight decay, learning rate, sign).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
@@ -25,7 +26,7 @@ import jax.numpy as jnp
 from gradtx import _tree
 from gradtx.base import GradientTransformation, UpdateError
 from gradtx.hyperparams import Positive
-from gradtx.numerics import abs_sq, ema, plus_eps, range_safe_dtype, real_dtype, safe_increment, tree_vdot
+from gradtx.numerics import abs_sq, ema, in_range_safe_dtype, plus_eps, real_dtype, safe_increment, tree_vdot
 from gradtx.transform import Field, Transformation, declare, primitive, update_inner
 
 __all__ = ["scale_by_cocob"]
@@ -340,7 +341,8 @@ def scale_by_cocob(alpha: Positive = 100.0, eps: Positive = 1e-8) -> Transformat
             lambda r, g, p, p0: jnp.maximum(r - g * (p - p0), 0), state["reward"], updates, params, x0
         )
         theta = jax.tree.map(lambda c, g: c - g, state["cumulative_gradients"], updates)
-        out = jax.tree.map(_cocob_step, params, x0, theta, scale, subgradients, reward)
+        # in float32 for float16 leaves: L^2 alpha underflows float16 for L < 2^-11
+        out = jax.tree.map(functools.partial(in_range_safe_dtype, bet), params, x0, theta, scale, subgradients, reward)
         return _like(out, updates), {
             "init_particles": x0,
             "cumulative_gradients": theta,
@@ -349,11 +351,8 @@ def scale_by_cocob(alpha: Positive = 100.0, eps: Positive = 1e-8) -> Transformat
             "reward": reward,
         }
 
-    def _cocob_step(p, p0, c, lo, s, r):
-        # in float32 for float16 leaves: L^2 alpha underflows float16 for L < 2^-11
-        leaf_dtype = p.dtype
-        p, p0, c, lo, s, r = (x.astype(range_safe_dtype(leaf_dtype)) for x in (p, p0, c, lo, s, r))
-        return (-p + (p0 + c / (lo * jnp.maximum(s + lo, alpha * lo)) * (lo + r))).astype(leaf_dtype)
+    def bet(p, p0, c, lo, s, r):
+        return -p + (p0 + c / (lo * jnp.maximum(s + lo, alpha * lo)) * (lo + r))
 
     return primitive(
         apply,

@@ -128,6 +128,14 @@ def range_safe_dtype(dtype) -> jnp.dtype:
     return jnp.dtype(jnp.float32) if dtype == jnp.float16 else dtype
 
 
+def in_range_safe_dtype(fn, *leaves: jax.Array) -> jax.Array:
+    """``fn(*leaves)`` with each leaf in its ``range_safe_dtype`` (float16 leaves in
+    float32, every other dtype as it is), returned in the first leaf's dtype: a formula
+    whose intermediates leave float16's range (COCOB's bet, the trust ratio's norms)."""
+    wide = [jnp.asarray(x).astype(range_safe_dtype(jnp.result_type(x))) for x in leaves]
+    return fn(*wide).astype(jnp.result_type(leaves[0]))
+
+
 def root_mean_square(x: jax.Array) -> jax.Array:
     """``sqrt(mean(|x|^2))`` over the whole array: a block's RMS (Adafactor's update
     clipping and parameter scale)."""
